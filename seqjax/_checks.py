@@ -1,0 +1,77 @@
+"""Trace-time argument checks that name the argument, the expected and the received value."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def floating_array(name: str, x, where: str) -> jax.Array:
+    """Return ``x`` as an array, raising TypeError unless it has a floating dtype."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: {name} must have a floating dtype (cast integer data with "
+            f".astype(jnp.float32), or embed token ids first); got dtype {x.dtype}"
+        )
+    return x
+
+
+def time_axis_of(name: str, shape: tuple[int, ...], time_axis: int, where: str) -> int:
+    """Normalise ``time_axis`` for an array of ``shape`` whose last axis is features."""
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(
+            f"{where}: {name} must have at least 2 dims, [T, *B, I] (time and features); "
+            f"got shape {shape}"
+        )
+    axis = time_axis % ndim if -ndim <= time_axis < ndim else None
+    if axis is None or axis == ndim - 1:
+        raise ValueError(
+            f"{where}: time_axis must name a non-feature axis of {name} (0 to {ndim - 2} "
+            f"for shape {shape}; features are always last); got time_axis={time_axis}"
+        )
+    return axis
+
+
+def feature_size(name: str, shape: tuple[int, ...], expected: int, where: str) -> None:
+    if shape[-1] != expected:
+        raise ValueError(
+            f"{where}: {name} must have {expected} features in its last axis (the cell's "
+            f"input_size); got shape {shape}"
+        )
+
+
+def lengths_array(lengths, batch_shape: tuple[int, ...], num_steps: int, where: str) -> jax.Array:
+    """Check per-sequence lengths: integer, shape ``batch_shape``, values in [0, T] when known."""
+    if not isinstance(lengths, jax.core.Tracer):
+        host = np.asarray(lengths)
+        if host.size and (host.min() < 0 or host.max() > num_steps):
+            raise ValueError(
+                f"{where}: lengths must lie in [0, T] = [0, {num_steps}]; got values from "
+                f"{host.min()} to {host.max()}"
+            )
+    lengths = jnp.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"{where}: lengths must be integers; got dtype {lengths.dtype}")
+    if lengths.shape != batch_shape:
+        raise ValueError(
+            f"{where}: lengths must have the batch shape of xs, {batch_shape}; "
+            f"got shape {lengths.shape}"
+        )
+    return lengths
+
+
+def carry_matches(carry, expected, where: str) -> None:
+    """Check a user carry against the structure and shapes ``expected`` (a carry or its shapes)."""
+    got_def = jax.tree.structure(carry)
+    want_def = jax.tree.structure(expected)
+    if got_def != want_def:
+        raise ValueError(f"{where}: carry must have structure {want_def}; got {got_def}")
+    for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(expected), strict=True):
+        if jnp.shape(got) != want.shape:
+            raise ValueError(
+                f"{where}: carry leaves must have shape {want.shape} ([*B, H]); "
+                f"got {jnp.shape(got)}"
+            )

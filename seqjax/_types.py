@@ -1,0 +1,41 @@
+"""Shape vocabulary shared by every docstring in seqjax.
+
+Dimension letters:
+
+* ``T`` time steps,
+* ``B`` batch (any number of leading dims, ``*B``, including none),
+* ``I`` input features, ``H`` hidden units, ``O`` output features,
+* ``G`` gate pre-activations (``4H`` for an LSTM, ``3H`` for a GRU, ``H`` for an Elman cell).
+
+Sequence layout: seqjax computes time-major (``[T, *B, I]``, the layout ``lax.scan`` sees).
+Every public entry point that takes a sequence also takes ``time_axis`` (default ``0``);
+pass ``time_axis=1`` for batch-major ``[B, T, I]`` data. Outputs come back in the caller's
+layout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeAlias
+
+import jax
+
+Array: TypeAlias = jax.Array
+PRNGKey: TypeAlias = jax.Array
+PyTree: TypeAlias = Any
+
+
+class Cell(Protocol):
+    """The cell protocol (see DESIGN.md): hyperparameters in fields, pure methods."""
+
+    input_size: int
+    hidden_size: int
+
+    def init(self, key: PRNGKey) -> PyTree: ...
+
+    def init_carry(self, batch_shape: tuple[int, ...] = (), dtype: Any = ...) -> PyTree: ...
+
+    def project(self, params: PyTree, xs: Array) -> Array: ...
+
+    def step(self, params: PyTree, carry: PyTree, px: Array) -> tuple[PyTree, Array]: ...
+
+    def apply(self, params: PyTree, carry: PyTree, x: Array) -> tuple[PyTree, Array]: ...

@@ -1,0 +1,38 @@
+"""Pieces shared by the cell families: the affine map and the initialisers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from seqjax._types import Array, PRNGKey
+
+
+def affine(x: Array, w: Array, b: Array | None = None) -> Array:
+    """``x @ w + b`` over any leading dims, with the bias broadcast explicitly.
+
+    Explicit broadcasting keeps seqjax usable under ``jax_numpy_rank_promotion='raise'``.
+    """
+    y = x @ w
+    return y if b is None else y + jnp.broadcast_to(b, y.shape)
+
+
+def glorot_uniform(key: PRNGKey, shape: tuple[int, int], dtype) -> Array:
+    """Glorot/Xavier uniform for an ``(in, out)`` matrix: U(-a, a), a = sqrt(6 / (in + out))."""
+    limit = jnp.sqrt(6.0 / (shape[0] + shape[1]))
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+def orthogonal_blocks(key: PRNGKey, hidden_size: int, num_blocks: int, dtype) -> Array:
+    """``[H, num_blocks * H]``: one independent orthogonal ``H x H`` block per gate.
+
+    Orthogonal recurrent weights keep ``h @ W_h`` norm-preserving at initialisation, so
+    gradients through time neither vanish nor explode from the weights alone.
+    """
+    init = jax.nn.initializers.orthogonal()
+    keys = jax.random.split(key, num_blocks)
+    return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+
+
+def zeros_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype) -> Array:
+    return jnp.zeros((*batch_shape, hidden_size), dtype)

@@ -1,0 +1,103 @@
+"""The gated recurrent unit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax._types import Array, PRNGKey
+from seqjax.cells._common import affine, glorot_uniform, orthogonal_blocks, zeros_carry
+
+
+class GRUParams(NamedTuple):
+    """Parameters of a :class:`GRUCell`; gate blocks in the order r, z, n."""
+
+    w_x: Array  # [I, 3H] input weights
+    w_h: Array  # [H, 3H] recurrent weights
+    b_x: Array  # [3H] input-side bias
+    b_h: Array  # [3H] recurrent-side bias (its n block sits inside r * (...) when reset_after)
+
+
+@dataclass(frozen=True)
+class GRUCell:
+    """Gated recurrent unit, in the reset-after form (default) or the original reset-before form.
+
+    Cho et al., "Learning phrase representations using RNN encoder-decoder", EMNLP 2014.
+    Gate order r (reset), z (update), n (candidate), as in PyTorch and cuDNN::
+
+        r = sigmoid(x W_xr + b_xr + h W_hr + b_hr)
+        z = sigmoid(x W_xz + b_xz + h W_hz + b_hz)
+        n = tanh(x W_xn + b_xn + r * (h W_hn + b_hn))      reset_after=True (PyTorch, cuDNN,
+                                                           Flax): one recurrent matmul
+        n = tanh(x W_xn + b_xn + (r * h) W_hn + b_hn)      reset_after=False (Cho et al.):
+                                                           a second, dependent matmul
+        h' = (1 - z) * n + z * h
+
+    * Carry: ``h``, an array ``[*B, H]``; the output ``y`` is ``h'``.
+    * Gate pre-activations (``project``): ``G = 3H``.
+    * Initialisation: ``w_x`` Glorot uniform, ``w_h`` one orthogonal block per gate, biases
+      zero.
+
+    Attributes:
+        input_size: ``I``.
+        hidden_size: ``H``.
+        reset_after: apply the reset gate after the recurrent matmul (True) or before it.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> cell = GRUCell(input_size=3, hidden_size=4)
+        >>> params = cell.init(jax.random.key(0))
+        >>> carry, y = cell.apply(params, cell.init_carry(), jnp.ones(3))
+        >>> y.shape
+        (4,)
+    """
+
+    input_size: int
+    hidden_size: int
+    reset_after: bool = True
+
+    def init(self, key: PRNGKey, dtype=jnp.float32) -> GRUParams:
+        """Draw parameters; ``dtype`` is the parameter dtype."""
+        kx, kh = jax.random.split(key)
+        hidden = self.hidden_size
+        return GRUParams(
+            w_x=glorot_uniform(kx, (self.input_size, 3 * hidden), dtype),
+            w_h=orthogonal_blocks(kh, hidden, 3, dtype),
+            b_x=jnp.zeros((3 * hidden,), dtype),
+            b_h=jnp.zeros((3 * hidden,), dtype),
+        )
+
+    def init_carry(self, batch_shape: tuple[int, ...] = (), dtype=jnp.float32) -> Array:
+        """The zero state ``h``, ``[*B, H]``."""
+        return zeros_carry(batch_shape, self.hidden_size, dtype)
+
+    def project(self, params: GRUParams, xs: Array) -> Array:
+        """``[..., I] -> [..., 3H]``: ``x W_x + b_x`` for any number of steps at once."""
+        return affine(xs, params.w_x, params.b_x)
+
+    def step(self, params: GRUParams, carry: Array, px: Array) -> tuple[Array, Array]:
+        """One step from the projected input ``px`` ``[*B, 3H]``; returns ``(h, h)``."""
+        h = carry
+        hidden = self.hidden_size
+        x_r, x_z, x_n = jnp.split(px, 3, axis=-1)
+        if self.reset_after:
+            h_r, h_z, h_n = jnp.split(affine(h, params.w_h, params.b_h), 3, axis=-1)
+            r = jax.nn.sigmoid(x_r + h_r)
+            z = jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + r * h_n)
+        else:
+            h_r, h_z = jnp.split(
+                affine(h, params.w_h[:, : 2 * hidden], params.b_h[: 2 * hidden]), 2, axis=-1
+            )
+            r = jax.nn.sigmoid(x_r + h_r)
+            z = jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + affine(r * h, params.w_h[:, 2 * hidden :], params.b_h[2 * hidden :]))
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    def apply(self, params: GRUParams, carry: Array, x: Array) -> tuple[Array, Array]:
+        """One step from the raw input ``x`` ``[*B, I]``."""
+        return self.step(params, carry, self.project(params, x))

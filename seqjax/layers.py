@@ -1,0 +1,348 @@
+"""Sequence models assembled from cells: stacks, bidirectional layers, dense and embedding heads.
+
+A *sequence layer* has ``init(key)``, ``init_carry(batch_shape, dtype)`` and
+``__call__(params, xs, carry=None, *, lengths=None, time_axis=0, unroll=1) -> (carry, ys)``.
+A cell is run as a sequence layer by :func:`seqjax.unroll`; :class:`Bidirectional` and
+:class:`Stack` are sequence layers themselves, and a :class:`Stack` of cells is also a cell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax._types import Array, Cell, PRNGKey, PyTree
+from seqjax.cells._common import affine, glorot_uniform
+from seqjax.unroll import unroll
+
+
+def _output_size(layer) -> int:
+    return getattr(layer, "output_size", None) or layer.hidden_size
+
+
+def _run(layer, params, xs, carry, lengths, unroll_steps) -> tuple[PyTree, Array]:
+    """Run a sequence layer or a cell over time-major ``xs``."""
+    if callable(layer):
+        return layer(params, xs, carry, lengths=lengths, unroll=unroll_steps)
+    return unroll(layer, params, xs, carry, lengths=lengths, unroll=unroll_steps)
+
+
+class BidirectionalParams(NamedTuple):
+    forward: PyTree
+    backward: PyTree
+
+
+class BidirectionalCarry(NamedTuple):
+    forward: PyTree  # final forward state: at each sequence's true length
+    backward: PyTree  # final backward state: after reading back to t = 0
+
+
+@dataclass(frozen=True)
+class Bidirectional:
+    """Two cells over the same sequence, one forwards and one backwards; outputs concatenated.
+
+    With ``lengths``, the backward cell starts at each sequence's last valid step, so padding
+    never leaks into it; ``ys[t] = [forward_y[t], backward_y[t]]``, both for ``xs[t]``, and
+    padded steps are zero. This is PyTorch's ``bidirectional=True`` over packed sequences.
+
+    Attributes:
+        forward: the cell run from ``t = 0``.
+        backward: the cell run from the last valid step; same ``input_size``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from seqjax import Bidirectional, GRUCell
+        >>> layer = Bidirectional(GRUCell(3, 4), GRUCell(3, 4))
+        >>> params = layer.init(jax.random.key(0))
+        >>> carry, ys = layer(params, jnp.ones((6, 2, 3)), lengths=jnp.array([6, 2]))
+        >>> ys.shape                                         # [T, B, 2H]
+        (6, 2, 8)
+    """
+
+    forward: Cell
+    backward: Cell
+
+    def __post_init__(self):
+        if self.forward.input_size != self.backward.input_size:
+            raise ValueError(
+                "Bidirectional: forward and backward cells must share input_size; got "
+                f"{self.forward.input_size} and {self.backward.input_size}"
+            )
+
+    @property
+    def input_size(self) -> int:
+        return self.forward.input_size
+
+    @property
+    def output_size(self) -> int:
+        return self.forward.hidden_size + self.backward.hidden_size
+
+    def init(self, key: PRNGKey, dtype=jnp.float32) -> BidirectionalParams:
+        kf, kb = jax.random.split(key)
+        return BidirectionalParams(self.forward.init(kf, dtype), self.backward.init(kb, dtype))
+
+    def init_carry(self, batch_shape=(), dtype=jnp.float32) -> BidirectionalCarry:
+        return BidirectionalCarry(
+            self.forward.init_carry(batch_shape, dtype),
+            self.backward.init_carry(batch_shape, dtype),
+        )
+
+    def __call__(
+        self,
+        params: BidirectionalParams,
+        xs: Array,
+        carry: BidirectionalCarry | None = None,
+        *,
+        lengths: Array | None = None,
+        time_axis: int = 0,
+        unroll: int | bool = 1,
+    ) -> tuple[BidirectionalCarry, Array]:
+        """Run both directions over ``xs`` ``[T, *B, I]``; returns ``ys`` ``[T, *B, Hf + Hb]``."""
+        carry = BidirectionalCarry(None, None) if carry is None else carry
+        common = dict(lengths=lengths, time_axis=time_axis, unroll=unroll)
+        cf, yf = _unroll(self.forward, params.forward, xs, carry.forward, **common)
+        cb, yb = _unroll(self.backward, params.backward, xs, carry.backward, reverse=True, **common)
+        return BidirectionalCarry(cf, cb), jnp.concatenate([yf, yb], axis=-1)
+
+
+_unroll = unroll  # the method argument ``unroll`` shadows the function inside __call__
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Recurrent layers applied one after another, each over the whole sequence.
+
+    Each layer is a cell or a sequence layer (e.g. :class:`Bidirectional`); layer ``k``
+    reads the outputs of layer ``k - 1``. Parameters and carries are tuples, one entry per
+    layer. When every layer is a cell, the stack is a cell too: ``step``/``apply`` advance
+    all layers by one time step (for generation) and ``unroll(stack, ...)`` runs them all
+    inside one scan; calling the stack runs layer by layer, which is faster for training.
+
+    Attributes:
+        layers: the layers, bottom first.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from seqjax import LSTMCell, Stack
+        >>> model = Stack.build(LSTMCell, input_size=3, hidden_sizes=(8, 8), bidirectional=True)
+        >>> params = model.init(jax.random.key(0))
+        >>> carry, ys = model(params, jnp.ones((2, 5, 3)), time_axis=1)    # batch-major
+        >>> ys.shape                                                       # [B, T, 2H]
+        (2, 5, 16)
+    """
+
+    layers: tuple[Any, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if not self.layers:
+            raise ValueError("Stack: layers must hold at least one layer; got none")
+        for k in range(1, len(self.layers)):
+            want, got = _output_size(self.layers[k - 1]), self.layers[k].input_size
+            if want != got:
+                raise ValueError(
+                    f"Stack: layer {k} must have input_size {want} (layer {k - 1}'s output "
+                    f"size); got {got}"
+                )
+
+    @classmethod
+    def build(
+        cls,
+        make_cell: Callable[[int, int], Cell],
+        input_size: int,
+        hidden_sizes: Sequence[int],
+        *,
+        bidirectional: bool = False,
+    ) -> Stack:
+        """Stack ``make_cell(input_size, hidden_size)`` cells, one layer per hidden size.
+
+        ``make_cell`` is a cell class or any function of the two sizes, e.g.
+        ``functools.partial(GRUCell, reset_after=False)``. With ``bidirectional`` each
+        layer is a :class:`Bidirectional` pair and the next layer reads ``2H`` features.
+        """
+        layers, size = [], input_size
+        for hidden in hidden_sizes:
+            if bidirectional:
+                layers.append(Bidirectional(make_cell(size, hidden), make_cell(size, hidden)))
+                size = 2 * hidden
+            else:
+                layers.append(make_cell(size, hidden))
+                size = hidden
+        return cls(tuple(layers))
+
+    @property
+    def input_size(self) -> int:
+        return self.layers[0].input_size
+
+    @property
+    def output_size(self) -> int:
+        return _output_size(self.layers[-1])
+
+    hidden_size = output_size
+
+    def init(self, key: PRNGKey, dtype=jnp.float32) -> tuple:
+        keys = jax.random.split(key, len(self.layers))
+        return tuple(layer.init(k, dtype) for layer, k in zip(self.layers, keys, strict=True))
+
+    def init_carry(self, batch_shape=(), dtype=jnp.float32) -> tuple:
+        return tuple(layer.init_carry(batch_shape, dtype) for layer in self.layers)
+
+    def __call__(
+        self,
+        params: tuple,
+        xs: Array,
+        carry: tuple | None = None,
+        *,
+        lengths: Array | None = None,
+        time_axis: int = 0,
+        unroll: int | bool = 1,
+    ) -> tuple[tuple, Array]:
+        """Run the layers bottom to top over ``xs`` ``[T, *B, I]``; ``ys`` is the top's output."""
+        xs = _checks.floating_array("xs", xs, "Stack")
+        axis = _checks.time_axis_of("xs", xs.shape, time_axis, "Stack")
+        ys = jnp.moveaxis(xs, axis, 0)
+        carry = (None,) * len(self.layers) if carry is None else tuple(carry)
+        carries = []
+        for layer, p, c in zip(self.layers, params, carry, strict=True):
+            c, ys = _run(layer, p, ys, c, lengths, unroll)
+            carries.append(c)
+        return tuple(carries), jnp.moveaxis(ys, 0, axis)
+
+    def _cells(self) -> tuple:
+        if any(not hasattr(layer, "step") for layer in self.layers):
+            raise TypeError(
+                "Stack: step-by-step evaluation needs every layer to be a cell (a "
+                "Bidirectional layer needs the whole sequence); got layers "
+                f"{[type(layer).__name__ for layer in self.layers]}"
+            )
+        return self.layers
+
+    def project(self, params: tuple, xs: Array) -> Array:
+        """The bottom cell's input projection, ``[..., I] -> [..., G_0]``."""
+        return self._cells()[0].project(params[0], xs)
+
+    def step(self, params: tuple, carry: tuple, px: Array) -> tuple[tuple, Array]:
+        """Advance every layer one step; ``px`` is the bottom cell's projected input."""
+        first, *rest = self._cells()
+        c, y = first.step(params[0], carry[0], px)
+        carries = [c]
+        for cell, p, c in zip(rest, params[1:], carry[1:], strict=True):
+            c, y = cell.apply(p, c, y)
+            carries.append(c)
+        return tuple(carries), y
+
+    def apply(self, params: tuple, carry: tuple, x: Array) -> tuple[tuple, Array]:
+        """Advance every layer one step from the raw input ``x`` ``[*B, I]``."""
+        return self.step(params, carry, self.project(params, x))
+
+
+class DenseParams(NamedTuple):
+    w: Array  # [I, O]
+    b: Array  # [O]
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Affine readout ``y = x W + b`` over any leading dims: ``[..., I] -> [..., O]``.
+
+    Initialisation: ``W`` Glorot uniform, ``b`` zeros.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> head = Dense(input_size=4, output_size=2)
+        >>> head(head.init(jax.random.key(0)), jnp.ones((7, 3, 4))).shape
+        (7, 3, 2)
+    """
+
+    input_size: int
+    output_size: int
+
+    def init(self, key: PRNGKey, dtype=jnp.float32) -> DenseParams:
+        w = glorot_uniform(key, (self.input_size, self.output_size), dtype)
+        return DenseParams(w=w, b=jnp.zeros((self.output_size,), dtype))
+
+    def __call__(self, params: DenseParams, x: Array) -> Array:
+        x = _checks.floating_array("x", x, "Dense")
+        if x.ndim < 1 or x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"Dense: x must have shape [..., {self.input_size}]; got shape {x.shape}"
+            )
+        return affine(x, params.w, params.b)
+
+
+class EmbeddingParams(NamedTuple):
+    table: Array  # [V, F]
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """Token embedding: integer ids ``[...]`` to vectors ``[..., F]``.
+
+    Initialisation: ``N(0, 1)``, as PyTorch's ``nn.Embedding``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> embed = Embedding(vocab_size=10, features=4)
+        >>> embed(embed.init(jax.random.key(0)), jnp.array([[1, 2, 3]])).shape
+        (1, 3, 4)
+    """
+
+    vocab_size: int
+    features: int
+
+    def init(self, key: PRNGKey, dtype=jnp.float32) -> EmbeddingParams:
+        return EmbeddingParams(jax.random.normal(key, (self.vocab_size, self.features), dtype))
+
+    def __call__(self, params: EmbeddingParams, ids: Array) -> Array:
+        ids = jnp.asarray(ids)
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise TypeError(f"Embedding: ids must be integers; got dtype {ids.dtype}")
+        return jnp.take(params.table, ids, axis=0)
+
+
+def last_valid(ys: Array, lengths: Array | None = None, *, time_axis: int = 0) -> Array:
+    """The output at each sequence's last valid step: ``[T, *B, H] -> [*B, H]``.
+
+    Sequences of length 0 give zeros. Use it for many-to-one models over a forward
+    layer (for a bidirectional one, the final carry holds both directions' summaries).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> ys = jnp.arange(6.0).reshape(3, 2, 1)          # [T=3, B=2, H=1]
+        >>> last_valid(ys, jnp.array([3, 1])).ravel().tolist()
+        [4.0, 1.0]
+    """
+    axis = _checks.time_axis_of("ys", jnp.shape(ys), time_axis, "last_valid")
+    ys = jnp.moveaxis(ys, axis, 0)
+    if lengths is None:
+        return ys[-1]
+    lengths = _checks.lengths_array(lengths, ys.shape[1:-1], ys.shape[0], "last_valid")
+    index = jnp.maximum(lengths - 1, 0)[None, ..., None]
+    picked = jnp.take_along_axis(ys, index, axis=0)[0]
+    return jnp.where((lengths > 0)[..., None], picked, jnp.zeros_like(picked))
+
+
+def mean_valid(ys: Array, lengths: Array | None = None, *, time_axis: int = 0) -> Array:
+    """The mean output over each sequence's valid steps: ``[T, *B, H] -> [*B, H]`` (0 if empty).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> ys = jnp.arange(6.0).reshape(3, 2, 1)
+        >>> mean_valid(ys, jnp.array([3, 1])).ravel().tolist()
+        [2.0, 1.0]
+    """
+    axis = _checks.time_axis_of("ys", jnp.shape(ys), time_axis, "mean_valid")
+    ys = jnp.moveaxis(ys, axis, 0)
+    if lengths is None:
+        return ys.mean(axis=0)
+    lengths = _checks.lengths_array(lengths, ys.shape[1:-1], ys.shape[0], "mean_valid")
+    steps = jnp.arange(ys.shape[0]).reshape(-1, *([1] * lengths.ndim))
+    mask = (steps < lengths[None])[..., None]
+    total = jnp.where(mask, ys, jnp.zeros_like(ys)).sum(axis=0)
+    count = jnp.maximum(lengths, 1)[..., None].astype(ys.dtype)
+    return total / count
