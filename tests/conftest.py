@@ -6,9 +6,18 @@ import jax
 import numpy as np
 import pytest
 
-jax.config.update("jax_numpy_dtype_promotion", "strict")
-jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_enable_x64", True)  # float64 gradient checks; arrays stay float32 unless asked
+# float64 gradient checks need x64; arrays stay float32 wherever a dtype is given.
+jax.config.update("jax_enable_x64", True)
+
+
+@pytest.fixture(autouse=True)
+def strict_numerics():
+    """No implicit dtype or rank promotion inside tests: seqjax must never rely on either.
+
+    Scoped to tests (not global) so the docstring examples run as a user would run them.
+    """
+    with jax.numpy_dtype_promotion("strict"), jax.numpy_rank_promotion("raise"):
+        yield
 
 
 @pytest.fixture
@@ -24,3 +33,12 @@ def tree_allclose(actual, expected, *, rtol: float, atol: float) -> None:
     )
     for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol, atol=atol)
+
+
+def random_like(tree, key, scale: float = 1.0):
+    """A pytree of the same structure, shapes and dtypes, filled with scaled normal noise."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return treedef.unflatten(
+        [scale * jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves, strict=True)]
+    )

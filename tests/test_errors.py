@@ -1,0 +1,76 @@
+"""Bad input raises a clear error at trace time: the argument, what was expected, what came."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from seqjax import Bidirectional, Dense, Embedding, GRUCell, LSTMCell, Stack, last_valid, unroll
+
+CELL = LSTMCell(3, 4)
+PARAMS = CELL.init(jax.random.key(0))
+XS = jnp.zeros((5, 2, 3), jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "xs, kwargs, error, words",
+    [
+        (jnp.zeros((5, 2, 3), jnp.int32), {}, TypeError, ["xs", "floating", "int32"]),
+        (jnp.zeros((5,), jnp.float32), {}, ValueError, ["xs", "at least 2 dims", "(5,)"]),
+        (jnp.zeros((5, 2, 7), jnp.float32), {}, ValueError, ["xs", "3 features", "(5, 2, 7)"]),
+        (XS, {"time_axis": 2}, ValueError, ["time_axis", "feature", "(5, 2, 3)"]),
+        (XS, {"time_axis": 3}, ValueError, ["time_axis", "got time_axis=3"]),
+        (XS, {"lengths": jnp.array([1, 2, 3])}, ValueError, ["lengths", "(2,)", "(3,)"]),
+        (XS, {"lengths": jnp.array([1.0, 2.0])}, TypeError, ["lengths", "integer"]),
+        (XS, {"lengths": jnp.array([6, 2])}, ValueError, ["lengths", "[0, 5]", "6"]),
+        (XS, {"lengths": jnp.array([-1, 2])}, ValueError, ["lengths", "[0, 5]", "-1"]),
+    ],
+)
+def test_unroll_rejects_bad_input(xs, kwargs, error, words):
+    with pytest.raises(error) as info:
+        unroll(CELL, PARAMS, xs, **kwargs)
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+def test_unroll_rejects_a_carry_of_the_wrong_shape():
+    with pytest.raises(ValueError, match=r"carry leaves must have shape \(2, 4\).*got \(3, 4\)"):
+        unroll(CELL, PARAMS, XS, CELL.init_carry((3,)))
+    with pytest.raises(ValueError, match="carry must have structure"):
+        unroll(CELL, PARAMS, XS, jnp.zeros((2, 4), jnp.float32))
+
+
+def test_errors_are_raised_at_trace_time_under_jit():
+    with pytest.raises(ValueError, match="3 features"):
+        jax.jit(lambda x: unroll(CELL, PARAMS, x))(jnp.zeros((5, 2, 7), jnp.float32))
+
+
+def test_traced_lengths_skip_the_value_check_but_keep_the_shape_check():
+    run = jax.jit(lambda n: unroll(CELL, PARAMS, XS, lengths=n)[1])
+    assert run(jnp.array([5, 0])).shape == (5, 2, 4)
+    with pytest.raises(ValueError, match="lengths must have the batch shape"):
+        run(jnp.array([5]))
+
+
+def test_layers_reject_mismatched_sizes():
+    with pytest.raises(ValueError, match="layer 1 must have input_size 4"):
+        Stack((LSTMCell(3, 4), GRUCell(5, 4)))
+    with pytest.raises(ValueError, match="share input_size"):
+        Bidirectional(LSTMCell(3, 4), LSTMCell(2, 4))
+    with pytest.raises(ValueError, match="at least one layer"):
+        Stack(())
+    with pytest.raises(TypeError, match="every layer to be a cell"):
+        model = Stack((Bidirectional(CELL, CELL),))
+        model.apply(model.init(jax.random.key(0)), model.init_carry(), jnp.zeros(3))
+
+
+def test_heads_reject_bad_input():
+    dense = Dense(4, 2)
+    with pytest.raises(ValueError, match=r"x must have shape \[\.\.\., 4\]; got shape \(3, 5\)"):
+        dense(dense.init(jax.random.key(0)), jnp.zeros((3, 5), jnp.float32))
+    embed = Embedding(10, 4)
+    with pytest.raises(TypeError, match="ids must be integers"):
+        embed(embed.init(jax.random.key(0)), jnp.zeros(3, jnp.float32))
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        last_valid(jnp.zeros((3, 2, 4), jnp.float32), jnp.array([4, 1]))
