@@ -75,3 +75,18 @@ def carry_matches(carry, expected, where: str) -> None:
                 f"{where}: carry leaves must have shape {want.shape} ([*B, H]); "
                 f"got {jnp.shape(got)}"
             )
+
+
+def resets_array(resets, time_major_shape: tuple[int, ...], axis: int, where: str) -> jax.Array:
+    """Check a reset mask laid out like ``xs`` without features; return it time-major bool."""
+    resets = jnp.asarray(resets)
+    want = list(time_major_shape[1:])
+    want.insert(axis, time_major_shape[0])
+    if resets.dtype != jnp.bool_:
+        raise TypeError(f"{where}: resets must be booleans; got dtype {resets.dtype}")
+    if resets.shape != tuple(want):
+        raise ValueError(
+            f"{where}: resets must have the shape of xs without its feature axis, "
+            f"{tuple(want)}; got shape {resets.shape}"
+        )
+    return jnp.moveaxis(resets, axis, 0)

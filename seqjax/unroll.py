@@ -45,6 +45,8 @@ def unroll(
     *,
     lengths: Array | None = None,
     reverse: bool = False,
+    resets: Array | None = None,
+    truncate: int | None = None,
     time_axis: int = 0,
     unroll: int | bool = 1,
     hoist_projection: bool | None = None,
@@ -62,6 +64,13 @@ def unroll(
         reverse: run from the last valid step back to the first. ``ys[t]`` stays the
             output for ``xs[t]`` (as with ``lax.scan(reverse=True)``), so forward and
             backward outputs line up in a bidirectional layer.
+        resets: booleans ``[T, *B]`` (time on ``time_axis``): where ``resets[t, b]`` is
+            True, sequence ``b`` starts afresh at step ``t`` from the cell's zero state, as at
+            an episode boundary in a stream of concatenated episodes.
+        truncate: truncated-BPTT window ``k``: the forward pass is unchanged, but no
+            gradient flows through the carry across the window borders ``t = k, 2k, ...``
+            (``lax.stop_gradient``), so each window's gradient reaches back at most to its
+            own start. ``None`` (default) or ``k >= T``: full backpropagation through time.
         time_axis: axis of ``xs`` (and of ``ys``) that is time; ``1`` for batch-major data.
         unroll: ``lax.scan``'s unroll factor (steps per loop iteration).
         hoist_projection: compute ``cell.project`` for all steps before the scan (True) or
@@ -89,6 +98,10 @@ def unroll(
         True
     """
     xs, carry, lengths, axis = _prepare(cell, params, xs, carry, lengths, time_axis, "unroll")
+    if resets is not None:
+        resets = _checks.resets_array(resets, xs.shape[:-1], axis, "unroll")
+    if truncate is not None and (not isinstance(truncate, int) or truncate < 1):
+        raise ValueError(f"unroll: truncate must be a positive int or None; got {truncate!r}")
     if hoist_projection is None:
         hoist_projection = _hoist_default()
     num_steps = xs.shape[0]
@@ -103,23 +116,31 @@ def unroll(
         def project(x):
             return cell.project(params, x)
 
-    if lengths is None:
+    needs_time = lengths is not None or truncate is not None
+    step_dtype = jnp.int32 if lengths is None else lengths.dtype
+    steps = jnp.arange(num_steps, dtype=step_dtype) if needs_time else None
+    fresh = cell.init_carry(xs.shape[1:-1], jax.tree.leaves(carry)[0].dtype)
 
-        def body(carry, x):
-            return cell.step(params, carry, project(x))
+    def select(mask, new, old):  # mask [*B]: per sequence, new where True
+        return jax.tree.map(lambda n, o: jnp.where(mask[..., None], n, o), new, old)
 
-        carry, ys = jax.lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
-    else:
+    def body(carry, slices):
+        t, x, reset = slices
+        if truncate is not None:
+            # The carry entering step t crosses a window border (t a multiple of k, walking
+            # forwards; t + 1 a multiple of k, walking backwards) and is cut there.
+            entering = t + 1 if reverse else t
+            border = (entering % truncate == 0) & (entering > 0) & (entering < num_steps)
+            carry = jax.tree.map(lambda c: jnp.where(border, jax.lax.stop_gradient(c), c), carry)
+        if reset is not None:
+            carry = select(reset, fresh, carry)
+        new_carry, y = cell.step(params, carry, project(x))
+        if lengths is None:
+            return new_carry, y
+        valid = t < lengths  # [*B]
+        return select(valid, new_carry, carry), jnp.where(valid[..., None], y, jnp.zeros_like(y))
 
-        def body(carry, t_x):
-            t, x = t_x
-            new_carry, y = cell.step(params, carry, project(x))
-            valid = t < lengths  # [*B]
-            carry = jax.tree.map(lambda n, o: jnp.where(valid[..., None], n, o), new_carry, carry)
-            return carry, jnp.where(valid[..., None], y, jnp.zeros_like(y))
-
-        steps = jnp.arange(num_steps, dtype=lengths.dtype)
-        carry, ys = jax.lax.scan(body, carry, (steps, inputs), reverse=reverse, unroll=unroll)
+    carry, ys = jax.lax.scan(body, carry, (steps, inputs, resets), reverse=reverse, unroll=unroll)
     return carry, jnp.moveaxis(ys, 0, axis)
 
 
@@ -131,13 +152,15 @@ def unroll_reference(
     *,
     lengths: Array | None = None,
     reverse: bool = False,
+    resets: Array | None = None,
     time_axis: int = 0,
 ) -> tuple[PyTree, Array]:
     """The semantics of :func:`unroll` as a plain Python loop, for tests.
 
     Loops over every batch element and, within it, over only its valid steps, calling
     ``cell.apply`` once per step; it shares nothing with :func:`unroll` but the argument
-    checks. Same arguments and results as :func:`unroll`; ``lengths`` must be concrete.
+    checks. Same arguments and results as :func:`unroll` (``truncate`` changes only gradients
+    and is not offered); ``lengths`` and ``resets`` must be concrete.
     Slow by design.
 
     Example:
@@ -161,12 +184,20 @@ def unroll_reference(
     flat_lengths = (
         [num_steps] * batch_size if lengths is None else [int(n) for n in np.ravel(lengths)]
     )
+    if resets is not None:
+        resets = _checks.resets_array(resets, xs.shape[:-1], axis, "unroll_reference")
+        flat_resets = np.asarray(resets).reshape(num_steps, batch_size)
+    else:
+        flat_resets = np.zeros((num_steps, batch_size), bool)
+    fresh = cell.init_carry((), jax.tree.leaves(carry)[0].dtype)
     final_carries, outputs = [], []
     for b in range(batch_size):
         c = jax.tree.map(lambda a, b=b: a[b], flat_carry)
         ys_b = [None] * num_steps
         order = range(flat_lengths[b])
         for t in reversed(order) if reverse else order:
+            if flat_resets[t, b]:
+                c = fresh
             c, ys_b[t] = cell.apply(params, c, flat_xs[t, b])
         x_spec = jax.ShapeDtypeStruct(flat_xs.shape[2:], flat_xs.dtype)
         y_spec = jax.eval_shape(cell.apply, params, c, x_spec)[1]

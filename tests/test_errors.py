@@ -25,6 +25,9 @@ XS = jnp.zeros((5, 2, 3), jnp.float32)
         (XS, {"lengths": jnp.array([1.0, 2.0])}, TypeError, ["lengths", "integer"]),
         (XS, {"lengths": jnp.array([6, 2])}, ValueError, ["lengths", "[0, 5]", "6"]),
         (XS, {"lengths": jnp.array([-1, 2])}, ValueError, ["lengths", "[0, 5]", "-1"]),
+        (XS, {"resets": jnp.zeros((5, 3), bool)}, ValueError, ["resets", "(5, 2)", "(5, 3)"]),
+        (XS, {"resets": jnp.zeros((5, 2), jnp.int32)}, TypeError, ["resets", "booleans"]),
+        (XS, {"truncate": 0}, ValueError, ["truncate", "positive", "0"]),
     ],
 )
 def test_unroll_rejects_bad_input(xs, kwargs, error, words):

@@ -182,3 +182,84 @@ def test_bidirectional_stack_batch_major(key):
     carry_t, ys_t = model(params, jnp.swapaxes(xs, 0, 1), lengths=lengths)
     tree_allclose((carry, ys), (carry_t, jnp.swapaxes(ys_t, 0, 1)), **TOL)
     assert not bool(jnp.any(ys[1, 2:]))
+
+
+@every_cell
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_resets_equal_plain_loop(cell, key, reverse):
+    params = cell.init(key)
+    xs = _inputs(cell, (3,))
+    resets = jnp.zeros((T, 3), bool).at[2, 0].set(True).at[0, 1].set(True).at[4, 2].set(True)
+    lengths = jnp.array([T, 3, 5])
+    carry = _random_carry(cell, (3,))
+    got = unroll(cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse)
+    want = unroll_reference(
+        cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse
+    )
+    tree_allclose(got, want, **TOL)
+
+
+@every_cell
+def test_a_reset_starts_an_independent_sequence(cell, key):
+    """After a reset at step 3, outputs equal a fresh unroll of the remaining steps."""
+    params = cell.init(key)
+    xs = _inputs(cell, (2,))
+    resets = jnp.zeros((T, 2), bool).at[3].set(True)
+    _, ys = unroll(cell, params, xs, _random_carry(cell, (2,)), resets=resets)
+    _, fresh = unroll(cell, params, xs[3:])
+    tree_allclose(ys[3:], fresh, **TOL)
+
+
+def _windowed_by_hand(cell, params, xs, k):
+    """Truncated BPTT by hand: one unroll per window, the carry passed on as a constant."""
+    carry, outputs = None, []
+    for start in range(0, xs.shape[0], k):
+        carry, ys = unroll(cell, params, xs[start : start + k], carry)
+        carry = jax.lax.stop_gradient(carry)
+        outputs.append(ys)
+    return jnp.concatenate(outputs)
+
+
+@every_cell
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_truncate_equals_windows_cut_by_hand(cell, key, k):
+    params = cell.init(key)
+    xs = _inputs(cell, (2,))
+    weights = jax.random.normal(jax.random.key(7), (T, 2, cell.hidden_size), jnp.float32)
+
+    def loss(params, run):
+        return jnp.sum(weights * run(params))
+
+    full = jax.grad(loss)(params, lambda p: unroll(cell, p, xs)[1])
+    truncated = jax.grad(loss)(params, lambda p: unroll(cell, p, xs, truncate=k)[1])
+    by_hand = jax.grad(loss)(params, lambda p: _windowed_by_hand(cell, p, xs, k))
+    tree_allclose(truncated, by_hand, **TOL)
+    differs = any(
+        not np.allclose(a, b, rtol=1e-4, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(truncated), jax.tree.leaves(full), strict=True)
+    )
+    assert differs, "truncation must change the gradient when k < T"
+    # The forward pass is unchanged.
+    tree_allclose(unroll(cell, params, xs, truncate=k), unroll(cell, params, xs), rtol=0, atol=0)
+
+
+@every_cell
+def test_truncate_at_T_or_more_is_full_bptt(cell, key):
+    params = cell.init(key)
+    xs = _inputs(cell, (2,))
+
+    def loss(params, truncate):
+        return jnp.sum(unroll(cell, params, xs, truncate=truncate)[1] ** 2)
+
+    for k in (T, 10 * T):
+        tree_allclose(jax.grad(loss)(params, k), jax.grad(loss)(params, None), rtol=0, atol=0)
+
+
+def test_truncate_cuts_reverse_runs_at_the_same_borders(key):
+    """Backwards, the gradient of ys[0] reaches xs[t] only for t inside 0's window."""
+    cell = CELLS["gru"]
+    params = cell.init(key)
+    xs = _inputs(cell, (1,))
+    jac = jax.jacrev(lambda x: unroll(cell, params, x, reverse=True, truncate=2)[1][0])(xs)
+    reach = np.abs(np.asarray(jac)).reshape(cell.hidden_size, T, -1).sum(axis=(0, 2))
+    assert (reach[:2] > 0).all() and not reach[2:].any()
