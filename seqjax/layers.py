@@ -8,6 +8,7 @@ A cell is run as a sequence layer by :func:`seqjax.unroll`; :class:`Bidirectiona
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -25,11 +26,10 @@ def _output_size(layer) -> int:
     return getattr(layer, "output_size", None) or layer.hidden_size
 
 
-def _run(layer, params, xs, carry, lengths, unroll_steps) -> tuple[PyTree, Array]:
-    """Run a sequence layer or a cell over time-major ``xs``."""
-    if callable(layer):
-        return layer(params, xs, carry, lengths=lengths, unroll=unroll_steps)
-    return unroll(layer, params, xs, carry, lengths=lengths, unroll=unroll_steps)
+def _run(layer, params, xs, carry, options) -> tuple[PyTree, Array]:
+    """Run a sequence layer or a cell over time-major ``xs`` with the shared options."""
+    run = layer if callable(layer) else functools.partial(unroll, layer)
+    return run(params, xs, carry, **options)
 
 
 class BidirectionalParams(NamedTuple):
@@ -99,12 +99,19 @@ class Bidirectional:
         carry: BidirectionalCarry | None = None,
         *,
         lengths: Array | None = None,
+        resets: Array | None = None,
+        truncate: int | None = None,
         time_axis: int = 0,
         unroll: int | bool = 1,
     ) -> tuple[BidirectionalCarry, Array]:
-        """Run both directions over ``xs`` ``[T, *B, I]``; returns ``ys`` ``[T, *B, Hf + Hb]``."""
+        """Run both directions over ``xs`` ``[T, *B, I]``; returns ``ys`` ``[T, *B, Hf + Hb]``.
+
+        The keyword options are :func:`seqjax.unroll`'s, applied to both directions.
+        """
         carry = BidirectionalCarry(None, None) if carry is None else carry
-        common = dict(lengths=lengths, time_axis=time_axis, unroll=unroll)
+        common = dict(
+            lengths=lengths, resets=resets, truncate=truncate, time_axis=time_axis, unroll=unroll
+        )
         cf, yf = _unroll(self.forward, params.forward, xs, carry.forward, **common)
         cb, yb = _unroll(self.backward, params.backward, xs, carry.backward, reverse=True, **common)
         return BidirectionalCarry(cf, cb), jnp.concatenate([yf, yb], axis=-1)
@@ -199,17 +206,25 @@ class Stack:
         carry: tuple | None = None,
         *,
         lengths: Array | None = None,
+        resets: Array | None = None,
+        truncate: int | None = None,
         time_axis: int = 0,
         unroll: int | bool = 1,
     ) -> tuple[tuple, Array]:
-        """Run the layers bottom to top over ``xs`` ``[T, *B, I]``; ``ys`` is the top's output."""
+        """Run the layers bottom to top over ``xs`` ``[T, *B, I]``; ``ys`` is the top's output.
+
+        The keyword options are :func:`seqjax.unroll`'s, applied to every layer.
+        """
         xs = _checks.floating_array("xs", xs, "Stack")
         axis = _checks.time_axis_of("xs", xs.shape, time_axis, "Stack")
         ys = jnp.moveaxis(xs, axis, 0)
+        if resets is not None:
+            resets = jnp.moveaxis(jnp.asarray(resets), axis, 0)
+        options = dict(lengths=lengths, resets=resets, truncate=truncate, unroll=unroll)
         carry = (None,) * len(self.layers) if carry is None else tuple(carry)
         carries = []
         for layer, p, c in zip(self.layers, params, carry, strict=True):
-            c, ys = _run(layer, p, ys, c, lengths, unroll)
+            c, ys = _run(layer, p, ys, c, options)
             carries.append(c)
         return tuple(carries), jnp.moveaxis(ys, 0, axis)
 

@@ -1,0 +1,88 @@
+"""Corpora and batching: the embedded default corpus, byte-level text, stream windows.
+
+Text is modelled as UTF-8 bytes (a fixed vocabulary of 256 symbols, so any file works and
+checkpoints never depend on a vocabulary file); for ASCII text a byte is a character.
+"""
+
+from __future__ import annotations
+
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+
+VOCAB_SIZE = 256
+
+
+def python_stdlib_text(max_bytes: int | None = None) -> bytes:
+    """The default corpus: the Python standard library's top-level ``.py`` files, by name.
+
+    Real text nobody here wrote, present wherever Python is. The files are read in sorted
+    order, so the corpus is the same for the same Python version.
+
+    Args:
+        max_bytes: stop after this many bytes (None: every file).
+    """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    parts, total = [], 0
+    for path in sorted(stdlib.glob("*.py")):
+        chunk = path.read_bytes()
+        parts.append(chunk)
+        total += len(chunk)
+        if max_bytes is not None and total >= max_bytes:
+            break
+    text = b"".join(parts)
+    return text if max_bytes is None else text[:max_bytes]
+
+
+def load_corpus(path: str | os.PathLike | None = None, max_bytes: int | None = None) -> np.ndarray:
+    """Bytes of ``path`` (or of the default corpus) as a ``uint8`` array ``[N]``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the corpus is empty.
+    """
+    if path is None:
+        text = python_stdlib_text(max_bytes)
+        source = "the Python standard library"
+    else:
+        text = Path(path).read_bytes()
+        text = text if max_bytes is None else text[:max_bytes]
+        source = str(path)
+    if not text:
+        raise ValueError(f"load_corpus: the corpus from {source} is empty; a model needs text")
+    return np.frombuffer(text, np.uint8).copy()
+
+
+def split_held_out(data: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``[N]`` into a training head and a held-out tail of ``fraction * N`` symbols."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split_held_out: fraction must lie in (0, 1); got {fraction}")
+    cut = len(data) - max(1, int(len(data) * fraction))
+    return data[:cut], data[cut:]
+
+
+def to_streams(data: np.ndarray, num_streams: int) -> np.ndarray:
+    """Cut ``[N]`` into ``num_streams`` contiguous streams ``[B, N // B]`` (remainder dropped).
+
+    Stream ``b`` continues where its previous window stopped, so a carry handed from one
+    window to the next reads on through the same text (stateful truncated BPTT).
+    """
+    length = len(data) // num_streams
+    if length < 2:
+        raise ValueError(
+            f"to_streams: {len(data)} symbols cannot make {num_streams} streams of at least "
+            "2 symbols (an input and its target)"
+        )
+    return data[: num_streams * length].reshape(num_streams, length)
+
+
+def decode(ids) -> str:
+    """Byte ids ``[N]`` to text (invalid UTF-8 sequences shown as U+FFFD)."""
+    return bytes(np.asarray(ids, np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+def encode(text: str) -> np.ndarray:
+    """Text to byte ids ``[N]`` (``uint8``)."""
+    return np.frombuffer(text.encode("utf-8"), np.uint8).copy()

@@ -1,0 +1,330 @@
+"""Training: sequence losses with masks, BPTT and truncated-BPTT steps, the optax recipe.
+
+Two forms of truncated BPTT (DESIGN.md, "Training"):
+
+1. *Inside one loss*: ``unroll(..., truncate=k)`` runs the whole sequence forwards and cuts
+   the carry's gradient every ``k`` steps; train it with :func:`bptt_step`.
+2. *Streamed windows*: :func:`tbptt_step` makes one optimizer update per window of a long
+   stream and hands the carry (without gradient) to the next window; :func:`tbptt_scan`
+   runs many windows inside one ``lax.scan``.
+
+Every step reports the loss and the global gradient norm *before* clipping, so exploding
+gradients are visible while clipping hides their effect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from seqjax._types import Array, PyTree
+
+
+class StepMetrics(NamedTuple):
+    """What every training step reports."""
+
+    loss: Array  # [] the loss the update followed
+    grad_norm: Array  # [] global L2 norm of the gradient before clipping
+
+
+def _masked_mean(values: Array, mask: Array | None, average: bool) -> Array:
+    if mask is None:
+        return values.mean() if average else values.sum()
+    mask = jnp.asarray(mask)
+    if mask.shape != values.shape:
+        raise ValueError(
+            f"mask must have the shape of the per-step losses, {values.shape}; got {mask.shape}"
+        )
+    total = jnp.where(mask, values, jnp.zeros_like(values)).sum()
+    if not average:
+        return total
+    return total / jnp.maximum(mask.sum(), 1).astype(values.dtype)
+
+
+def cross_entropy(
+    logits: Array, targets: Array, mask: Array | None = None, *, average: bool = True
+) -> Array:
+    """Softmax cross-entropy in nats over valid positions.
+
+    Args:
+        logits: ``[..., V]`` unnormalised log-probabilities (e.g. ``[T, *B, V]``).
+        targets: ``[...]`` integer class ids in ``[0, V)``.
+        mask: ``[...]`` booleans, True where a position counts (e.g. from
+            :func:`sequence_mask`); all positions when None.
+        average: mean over valid positions (True) or their sum.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> logits = jnp.zeros((3, 2, 4))                     # uniform over 4 classes
+        >>> round(float(cross_entropy(logits, jnp.zeros((3, 2), jnp.int32))), 4)    # log 4
+        1.3863
+    """
+    targets = jnp.asarray(targets)
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise TypeError(f"cross_entropy: targets must be integer ids; got dtype {targets.dtype}")
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"cross_entropy: targets must have shape logits.shape[:-1] = {logits.shape[:-1]}; "
+            f"got {targets.shape}"
+        )
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    return _masked_mean(losses, mask, average)
+
+
+def mean_squared_error(
+    predictions: Array, targets: Array, mask: Array | None = None, *, average: bool = True
+) -> Array:
+    """Squared error summed over features, averaged (or summed) over valid positions.
+
+    Args:
+        predictions: ``[..., O]``.
+        targets: ``[..., O]``.
+        mask: ``[...]`` booleans over positions (features excluded); all when None.
+        average: mean over valid positions (True) or their sum.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(mean_squared_error(jnp.ones((2, 3)), jnp.zeros((2, 3))))
+        3.0
+    """
+    if predictions.shape != targets.shape:
+        raise ValueError(
+            f"mean_squared_error: targets must have the shape of predictions, "
+            f"{predictions.shape}; got {targets.shape}"
+        )
+    return _masked_mean(jnp.sum((predictions - targets) ** 2, axis=-1), mask, average)
+
+
+def sequence_mask(lengths: Array, num_steps: int, *, time_axis: int = 0) -> Array:
+    """Booleans ``[T, *B]`` (time on ``time_axis``), True for steps before each length.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> sequence_mask(jnp.array([2, 0]), 3).astype(int).tolist()
+        [[1, 0], [1, 0], [0, 0]]
+    """
+    lengths = jnp.asarray(lengths)
+    steps = jnp.arange(num_steps, dtype=lengths.dtype).reshape(-1, *([1] * lengths.ndim))
+    return jnp.moveaxis(steps < lengths[None], 0, time_axis)
+
+
+def default_optimizer(
+    learning_rate: float | optax.Schedule = 1e-3,
+    *,
+    max_norm: float | None = 1.0,
+    max_value: float | None = None,
+) -> optax.GradientTransformation:
+    """The default recipe: optional clipping by value, clipping by global norm, then Adam.
+
+    Args:
+        learning_rate: Adam's step size (or an optax schedule).
+        max_norm: rescale the gradient when its global L2 norm exceeds this (Pascanu et
+            al., 2013); None turns it off.
+        max_value: clip every gradient entry to ``[-max_value, max_value]`` first; off
+            when None.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> optimizer = default_optimizer(1e-2, max_norm=1.0)
+        >>> state = optimizer.init({"w": jnp.zeros(3)})
+    """
+    parts = []
+    if max_value is not None:
+        parts.append(optax.clip(max_value))
+    if max_norm is not None:
+        parts.append(optax.clip_by_global_norm(max_norm))
+    parts.append(optax.adam(learning_rate))
+    return optax.chain(*parts)
+
+
+# optax.tree.norm replaced optax.global_norm (deprecated) in newer optax.
+_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+
+
+def _update(optimizer, params, opt_state, grads):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def bptt_step(
+    loss_fn: Callable[[PyTree, Any], Array], optimizer: optax.GradientTransformation
+) -> Callable[[PyTree, Any, Any], tuple[PyTree, Any, StepMetrics]]:
+    """A training step by backpropagation through time: ``value_and_grad`` through the loss.
+
+    Args:
+        loss_fn: ``loss_fn(params, batch) -> []`` scalar loss, typically running
+            :func:`seqjax.unroll` (with ``truncate=k`` for truncated BPTT in one loss).
+        optimizer: any optax ``GradientTransformation``, e.g. :func:`default_optimizer`.
+
+    Returns:
+        ``step(params, opt_state, batch) -> (params, opt_state, StepMetrics)``, pure and
+        ready for ``jax.jit``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from seqjax import ElmanCell, unroll
+        >>> cell = ElmanCell(1, 8)
+        >>> def loss_fn(params, batch):
+        ...     xs, target = batch
+        ...     carry, _ = unroll(cell, params, xs)
+        ...     return jnp.mean((carry.sum(-1) - target) ** 2)
+        >>> optimizer = default_optimizer(1e-2)
+        >>> step = jax.jit(bptt_step(loss_fn, optimizer))
+        >>> params = cell.init(jax.random.key(0))
+        >>> opt_state = optimizer.init(params)
+        >>> batch = (jnp.ones((5, 4, 1)), jnp.ones(4))
+        >>> params, opt_state, metrics = step(params, opt_state, batch)
+        >>> metrics.grad_norm.shape
+        ()
+    """
+
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        grad_norm = _global_norm(grads)
+        params, opt_state = _update(optimizer, params, opt_state, grads)
+        return params, opt_state, StepMetrics(loss, grad_norm)
+
+    return step
+
+
+def tbptt_step(
+    loss_fn: Callable[[PyTree, PyTree, Any], tuple[Array, PyTree]],
+    optimizer: optax.GradientTransformation,
+) -> Callable[[PyTree, Any, PyTree, Any], tuple[PyTree, Any, PyTree, StepMetrics]]:
+    """One streamed truncated-BPTT update: a window in, the carry for the next window out.
+
+    Args:
+        loss_fn: ``loss_fn(params, carry, window) -> (loss, next_carry)``: runs the model
+            over one window from ``carry`` and returns the loss and the carry to hand to
+            the next window (the carry after the last step; in the k1/k2 form, the carry
+            after the first ``k1`` steps, see :func:`window_loss`).
+        optimizer: any optax ``GradientTransformation``.
+
+    Returns:
+        ``step(params, opt_state, carry, window) -> (params, opt_state, next_carry,
+        StepMetrics)``. ``next_carry`` carries no gradient: nothing flows across window
+        borders. With a single window spanning the whole sequence this is exactly BPTT.
+    """
+
+    def step(params, opt_state, carry, window):
+        carry = jax.lax.stop_gradient(carry)
+        (loss, next_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, carry, window)
+        grad_norm = _global_norm(grads)
+        params, opt_state = _update(optimizer, params, opt_state, grads)
+        return params, opt_state, jax.lax.stop_gradient(next_carry), StepMetrics(loss, grad_norm)
+
+    return step
+
+
+def window_loss(
+    forward: Callable[[PyTree, PyTree, Array, Array | None], tuple[PyTree, Array]],
+    loss: Callable[[Array, Array], Array],
+    *,
+    k1: int,
+    k2: int | None = None,
+) -> Callable[[PyTree, PyTree, Any], tuple[Array, PyTree]]:
+    """The ``loss_fn`` of :func:`tbptt_step` for windows from :func:`stream_windows`.
+
+    Each window holds ``k2`` steps; the loss counts its last ``k1`` (so over the stream
+    every step after the first ``k2 - k1`` counts exactly once) and backpropagates through
+    all ``k2``; the carry after the first ``k1`` steps starts the next window, which
+    begins ``k1`` steps later. With ``k2 = k1`` this is plain streamed truncated BPTT.
+
+    Args:
+        forward: ``forward(params, carry, xs, resets) -> (carry, outputs)`` over time-major
+            ``xs`` ``[k, *B, ...]`` with ``resets`` ``[k, *B]`` or None (e.g. a
+            :class:`seqjax.Stack` called with ``resets=``).
+        loss: ``loss(outputs, targets) -> []`` over ``[k1, *B, ...]``, e.g.
+            :func:`cross_entropy`.
+        k1: steps between updates; ``k2``: steps backpropagated (default ``k1``).
+
+    Returns:
+        ``loss_fn(params, carry, (xs, targets, resets)) -> (loss, next_carry)``, where
+        ``xs`` and ``targets`` are ``[k2, *B, ...]`` and ``resets`` ``[k2, *B]`` or None.
+    """
+    k2 = k1 if k2 is None else k2
+    if not isinstance(k1, int) or k1 < 1 or not isinstance(k2, int) or k2 < k1:
+        raise ValueError(f"window_loss: need ints 1 <= k1 <= k2; got k1={k1!r}, k2={k2!r}")
+
+    def part(a, start, stop):
+        return None if a is None else a[start:stop]
+
+    def loss_fn(params, carry, window):
+        xs, targets, resets = window
+        if xs.shape[0] != k2:
+            raise ValueError(
+                f"window_loss: windows must hold k2 = {k2} steps; got {xs.shape[0]} "
+                f"(shape {xs.shape})"
+            )
+        next_carry, ys = forward(params, carry, xs[:k1], part(resets, 0, k1))
+        if k2 > k1:
+            _, tail = forward(params, next_carry, xs[k1:], part(resets, k1, k2))
+            ys = jnp.concatenate([ys, tail])
+        return loss(ys[k2 - k1 :], targets[k2 - k1 :]), next_carry
+
+    return loss_fn
+
+
+def tbptt_scan(step, params, opt_state, carry, windows):
+    """Run ``step`` (from :func:`tbptt_step`) over stacked windows inside one ``lax.scan``.
+
+    Args:
+        step: a streamed truncated-BPTT step.
+        params, opt_state, carry: the state before the first window.
+        windows: a pytree whose leaves have a leading window axis ``[W, ...]``; window
+            ``w`` is the pytree of the leaves' ``w``-th entries.
+
+    Returns:
+        ``(params, opt_state, carry, metrics)`` after the last window; ``metrics`` leaves
+        are ``[W]``, one entry per update.
+    """
+
+    def body(state, window):
+        params, opt_state, carry = state
+        params, opt_state, carry, metrics = step(params, opt_state, carry, window)
+        return (params, opt_state, carry), metrics
+
+    (params, opt_state, carry), metrics = jax.lax.scan(body, (params, opt_state, carry), windows)
+    return params, opt_state, carry, metrics
+
+
+def stream_windows(stream: Array, *, k1: int, k2: int | None = None, time_axis: int = 0):
+    """Cut a long stream ``[N, ...]`` into overlapping windows for k1/k2 truncated BPTT.
+
+    Window ``w`` covers steps ``[w * k1, w * k1 + k2)``; consecutive windows overlap by
+    ``k2 - k1`` steps, so an update every ``k1`` steps backpropagates ``k2`` steps. With
+    ``k2 = k1`` (the default) the windows tile the stream. Any tail shorter than a window
+    is dropped.
+
+    Args:
+        stream: ``[N, ...]`` with time on ``time_axis``.
+        k1: steps between updates (the stride), ``>= 1``.
+        k2: steps backpropagated per update (the window length), ``>= k1``.
+
+    Returns:
+        ``[W, k2, ...]`` windows (time on axis 1, whatever ``time_axis`` was).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> stream_windows(jnp.arange(7), k1=2, k2=3).tolist()
+        [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
+    """
+    k2 = k1 if k2 is None else k2
+    if not isinstance(k1, int) or k1 < 1:
+        raise ValueError(f"stream_windows: k1 must be a positive int; got {k1!r}")
+    if not isinstance(k2, int) or k2 < k1:
+        raise ValueError(f"stream_windows: k2 must be an int >= k1 = {k1}; got {k2!r}")
+    stream = jnp.moveaxis(jnp.asarray(stream), time_axis, 0)
+    length = stream.shape[0]
+    if length < k2:
+        raise ValueError(
+            f"stream_windows: the stream has {length} steps, fewer than one window of "
+            f"k2 = {k2} steps"
+        )
+    starts = jnp.arange(0, length - k2 + 1, k1)
+    index = starts[:, None] + jnp.arange(k2)[None, :]
+    return stream[index]

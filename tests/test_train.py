@@ -1,0 +1,265 @@
+"""Training steps: BPTT, both truncated forms, k1/k2 windows, resets and clipping."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from seqjax import Dense, GRUCell, LSTMCell, Stack, unroll
+from seqjax.train import (
+    bptt_step,
+    cross_entropy,
+    default_optimizer,
+    mean_squared_error,
+    sequence_mask,
+    stream_windows,
+    tbptt_scan,
+    tbptt_step,
+    window_loss,
+)
+from tests.conftest import tree_allclose
+from tests.registry import every_cell
+
+T, B = 12, 3
+TOL = dict(rtol=1e-5, atol=1e-7)  # float32; same math, different program structure
+
+
+def _model(cell):
+    """A regression model: a cell, then a dense readout of its outputs."""
+    head = Dense(cell.hidden_size, 2)
+
+    def init(key):
+        k1, k2 = jax.random.split(key)
+        return cell.init(k1), head.init(k2)
+
+    def forward(params, carry, xs, resets=None, truncate=None):
+        carry, ys = unroll(cell, params[0], xs, carry, resets=resets, truncate=truncate)
+        return carry, head(params[1], ys)
+
+    return init, forward
+
+
+def _data(cell, key):
+    kx, ky = jax.random.split(key)
+    xs = jax.random.normal(kx, (T, B, cell.input_size), jnp.float32)
+    targets = jax.random.normal(ky, (T, B, 2), jnp.float32)
+    return xs, targets
+
+
+def _sgd():
+    return optax.sgd(0.1)
+
+
+@every_cell
+def test_one_window_of_length_T_is_exactly_bptt(cell, key):
+    init, forward = _model(cell)
+    params = init(key)
+    xs, targets = _data(cell, key)
+    carry0 = cell.init_carry((B,))
+
+    def bptt_loss(params, batch):
+        return mean_squared_error(forward(params, carry0, batch[0])[1], batch[1])
+
+    want, _, want_metrics = bptt_step(bptt_loss, _sgd())(params, _sgd().init(params), (xs, targets))
+    step = tbptt_step(window_loss(forward, mean_squared_error, k1=T), _sgd())
+    got, _, _, got_metrics = step(params, _sgd().init(params), carry0, (xs, targets, None))
+    tree_allclose(got, want, rtol=0, atol=0)
+    tree_allclose(got_metrics, want_metrics, rtol=0, atol=0)
+
+
+@every_cell
+@pytest.mark.parametrize("k", [3, 4])
+def test_streamed_windows_equal_separate_grads_with_constant_carries(cell, key, k):
+    """The reference cuts the graph by hand: one jax.grad per window, the carry a constant."""
+    init, forward = _model(cell)
+    params = init(key)
+    xs, targets = _data(cell, key)
+    optimizer = _sgd()
+    step = jax.jit(tbptt_step(window_loss(forward, mean_squared_error, k1=k), optimizer))
+    windows = (stream_windows(xs, k1=k), stream_windows(targets, k1=k), None)
+    got = tbptt_scan(step, params, optimizer.init(params), cell.init_carry((B,)), windows)
+
+    p, opt_state, carry, losses = params, optimizer.init(params), cell.init_carry((B,)), []
+    for start in range(0, T - k + 1, k):
+        x, y = np.asarray(xs[start : start + k]), np.asarray(targets[start : start + k])
+        constant = jax.tree.map(np.asarray, carry)
+
+        def loss(p, x=x, y=y, constant=constant):
+            return mean_squared_error(forward(p, constant, x)[1], y)
+
+        losses.append(loss(p))
+        grads = jax.grad(loss)(p)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        carry = forward(p, constant, x)[0]
+        p = optax.apply_updates(p, updates)
+    tree_allclose(got[0], p, **TOL)
+    tree_allclose(got[2], carry, **TOL)
+    np.testing.assert_allclose(got[3].loss, np.stack(losses), **TOL)
+
+
+def test_no_gradient_crosses_a_window_border(key):
+    """The second window's loss does not depend (in gradient) on the first window's inputs."""
+    cell = LSTMCell(3, 4)
+    init, forward = _model(cell)
+    params = init(key)
+    xs, targets = _data(cell, key)
+    loss_fn = window_loss(forward, mean_squared_error, k1=4)
+
+    def second_window_loss(xs):
+        _, carry = loss_fn(params, cell.init_carry((B,)), (xs[:4], targets[:4], None))
+        carry = jax.lax.stop_gradient(carry)  # what tbptt_step does at the border
+        return loss_fn(params, carry, (xs[4:8], targets[4:8], None))[0]
+
+    grad = jax.grad(second_window_loss)(xs)
+    assert not bool(jnp.any(grad[:4])) and bool(jnp.all(jnp.any(grad[4:8] != 0, axis=-1)))
+
+    # ... while without the cut, the first window's inputs do matter.
+    def uncut(xs):
+        _, carry = loss_fn(params, cell.init_carry((B,)), (xs[:4], targets[:4], None))
+        return loss_fn(params, carry, (xs[4:8], targets[4:8], None))[0]
+
+    assert bool(jnp.any(jax.grad(uncut)(xs)[:4] != 0))
+
+
+@pytest.mark.parametrize("k1, k2", [(2, 5), (3, 3), (1, 4)])
+def test_k1_k2_windows_match_a_hand_written_reference(key, k1, k2):
+    """Every k1 steps, backpropagate k2 steps: loss on the window's last k1 steps."""
+    cell = GRUCell(3, 4)
+    init, forward = _model(cell)
+    params = init(key)
+    xs, targets = _data(cell, key)
+    optimizer = _sgd()
+    step = tbptt_step(window_loss(forward, mean_squared_error, k1=k1, k2=k2), optimizer)
+    windows = tuple(stream_windows(a, k1=k1, k2=k2) for a in (xs, targets)) + (None,)
+    got = tbptt_scan(step, params, optimizer.init(params), cell.init_carry((B,)), windows)
+
+    p, opt_state, carry = params, optimizer.init(params), cell.init_carry((B,))
+    for start in range(0, T - k2 + 1, k1):
+        constant = carry
+
+        def loss(p, start=start, constant=constant):
+            _, ys = forward(p, constant, xs[start : start + k2])
+            return mean_squared_error(ys[k2 - k1 :], targets[start + k2 - k1 : start + k2])
+
+        grads = jax.grad(loss)(p)
+        carry = forward(p, constant, xs[start : start + k1])[0]
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        p = optax.apply_updates(p, updates)
+    tree_allclose(got[0], p, **TOL)
+    tree_allclose(got[2], carry, **TOL)
+
+
+def test_resets_in_a_stream_make_elements_independent(key):
+    """A reset mid-window makes the rest of that element's stream a fresh sequence."""
+    cell = GRUCell(3, 4)
+    init, forward = _model(cell)
+    params = init(key)
+    xs, _ = _data(cell, key)
+    resets = jnp.zeros((T, B), bool).at[5, 1].set(True)
+    _, ys = forward(params, cell.init_carry((B,)), xs, resets)
+    _, fresh = forward(params, cell.init_carry((1,)), xs[5:, 1:2])
+    np.testing.assert_allclose(ys[5:, 1:2], fresh, **TOL)
+    _, unreset = forward(params, cell.init_carry((B,)), xs)
+    np.testing.assert_array_equal(ys[:, [0, 2]], unreset[:, [0, 2]])
+
+
+def test_truncation_inside_one_loss_trains_with_bptt_step(key):
+    cell = LSTMCell(3, 4)
+    init, forward = _model(cell)
+    params = init(key)
+    xs, targets = _data(cell, key)
+    carry0 = cell.init_carry((B,))
+
+    def loss(params, batch, truncate):
+        return mean_squared_error(forward(params, carry0, batch[0], truncate=truncate)[1], batch[1])
+
+    optimizer = _sgd()
+    state = optimizer.init(params)
+    full = bptt_step(lambda p, b: loss(p, b, None), optimizer)(params, state, (xs, targets))
+    at_T = bptt_step(lambda p, b: loss(p, b, T), optimizer)(params, state, (xs, targets))
+    cut = bptt_step(lambda p, b: loss(p, b, 3), optimizer)(params, state, (xs, targets))
+    tree_allclose(at_T, full, rtol=0, atol=0)
+    assert float(cut[2].grad_norm) != pytest.approx(float(full[2].grad_norm), rel=1e-4)
+
+
+def test_clipping_bounds_the_update_and_the_norm_before_clipping_is_reported(key):
+    cell = LSTMCell(3, 4)
+    init, forward = _model(cell)
+    params = init(key)
+    xs, targets = _data(cell, key)
+    carry0 = cell.init_carry((B,))
+
+    def loss(params, batch):
+        return 1e4 * mean_squared_error(forward(params, carry0, batch[0])[1], batch[1])
+
+    max_norm = 0.5
+    optimizer = optax.chain(optax.clip_by_global_norm(max_norm), optax.sgd(1.0))
+    new, _, metrics = bptt_step(loss, optimizer)(params, optimizer.init(params), (xs, targets))
+    grads = jax.grad(loss)(params, (xs, targets))
+    true_norm = float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))))
+    assert float(metrics.grad_norm) == pytest.approx(true_norm, rel=1e-5) and true_norm > max_norm
+    step = jax.tree.map(lambda a, b: a - b, new, params)
+    step_norm = float(jnp.sqrt(sum(jnp.sum(d**2) for d in jax.tree.leaves(step))))
+    assert step_norm == pytest.approx(max_norm, rel=1e-4)
+
+
+def test_default_optimizer_clips_by_value_then_norm(key):
+    grads = {"w": jnp.array([100.0, -0.5, 3.0], jnp.float32)}
+    clip_only = optax.chain(optax.clip(1.0), optax.clip_by_global_norm(1.0))
+    clipped, _ = clip_only.update(grads, clip_only.init(grads))
+    assert float(jnp.linalg.norm(clipped["w"])) == pytest.approx(1.0, rel=1e-6)
+    optimizer = default_optimizer(1e-2, max_norm=1.0, max_value=1.0)
+    # optax's Adam mixes its int32 step count with Python floats: standard promotion there.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, _ = optimizer.update(grads, optimizer.init(grads), grads)
+    # Adam's first step moves every entry by the learning rate, whatever the clipping.
+    np.testing.assert_allclose(jnp.abs(updates["w"]), 1e-2, rtol=1e-3)
+
+
+def test_losses_respect_masks():
+    logits = jax.random.normal(jax.random.key(0), (4, 2, 5), jnp.float32)
+    targets = jnp.array([[1, 2], [3, 4], [0, 0], [1, 1]])
+    mask = sequence_mask(jnp.array([4, 2]), 4)
+    per_step = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    want = (per_step[:, 0].sum() + per_step[:2, 1].sum()) / 6
+    np.testing.assert_allclose(cross_entropy(logits, targets, mask), want, rtol=1e-6)
+    np.testing.assert_allclose(
+        cross_entropy(logits, targets, mask, average=False), want * 6, rtol=1e-6
+    )
+    preds = jnp.ones((4, 2, 3), jnp.float32)
+    assert float(mean_squared_error(preds, jnp.zeros_like(preds), mask)) == pytest.approx(3.0)
+    assert sequence_mask(jnp.array([1, 3]), 4, time_axis=1).shape == (2, 4)
+
+
+def test_stream_windows_and_window_loss_reject_bad_arguments():
+    with pytest.raises(ValueError, match="k1 must be a positive int; got 0"):
+        stream_windows(jnp.arange(5), k1=0)
+    with pytest.raises(ValueError, match="k2 must be an int >= k1"):
+        stream_windows(jnp.arange(5), k1=3, k2=2)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        stream_windows(jnp.arange(5), k1=6)
+    with pytest.raises(ValueError, match="1 <= k1 <= k2"):
+        window_loss(None, None, k1=4, k2=2)
+    with pytest.raises(TypeError, match="integer ids"):
+        cross_entropy(jnp.zeros((2, 3), jnp.float32), jnp.zeros(2, jnp.float32))
+
+
+def test_tbptt_through_a_stack(key):
+    """A multi-layer model takes resets and streams windows just as a cell does."""
+    model = Stack.build(LSTMCell, 3, (4, 4))
+    params = model.init(key)
+    xs = jax.random.normal(key, (T, B, 3), jnp.float32)
+    resets = jnp.zeros((T, B), bool).at[6, 0].set(True)
+
+    def forward(params, carry, xs, resets):
+        return model(params, xs, carry, resets=resets)
+
+    step = tbptt_step(window_loss(forward, lambda y, t: jnp.mean((y - t) ** 2), k1=4), _sgd())
+    windows = tuple(stream_windows(a, k1=4) for a in (xs, jnp.tile(xs[..., :1], (1, 1, 4)), resets))
+    _, _, carry, metrics = tbptt_scan(
+        step, params, _sgd().init(params), model.init_carry((B,)), windows
+    )
+    assert metrics.loss.shape == (3,) and bool(jnp.all(jnp.isfinite(metrics.grad_norm)))
