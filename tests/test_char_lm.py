@@ -1,0 +1,168 @@
+"""The main job: char-LM training, checkpoint/resume, refusal of bad input, sampling."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import char_lm, checkpoint, cli, data, generate
+from tests.conftest import tree_allclose
+
+
+@pytest.fixture(autouse=True)
+def strict_numerics():
+    """optax's Adam mixes an int32 count with Python floats: standard promotion here."""
+    yield
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(data.python_stdlib_text(40_000))
+    return str(path)
+
+
+def _config(corpus, **changes):
+    base = dict(
+        hidden_size=16, embed_size=8, batch_size=4, window=8, corpus=corpus, eval_bytes=2000
+    )
+    return char_lm.CharLMConfig(**(base | changes))
+
+
+def _files(directory):
+    return sorted(
+        (os.path.relpath(os.path.join(root, f), directory), os.path.getmtime(os.path.join(root, f)))
+        for root, _, files in os.walk(directory)
+        for f in files
+    )
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, corpus):
+    config = _config(corpus, backprop=12)
+    quiet = dict(chunk=25, checkpoint_every=50, progress=False, log=lambda _: None)
+    _, whole, history = char_lm.train_char_lm(config, 300, **quiet)
+    directory = str(tmp_path / "ck")
+    char_lm.train_char_lm(config, 150, checkpoint_dir=directory, **quiet)
+    assert checkpoint.latest_step(directory) == 150
+    _, resumed, _ = char_lm.train_char_lm(config, 300, checkpoint_dir=directory, **quiet)
+    tree_allclose(resumed, whole, rtol=0, atol=0)
+    assert int(resumed.step) == 300
+    assert history[-1]["loss"] < history[0]["loss"]  # and it learns
+
+
+def test_incompatible_checkpoint_is_refused_and_left_untouched(tmp_path, corpus):
+    directory = str(tmp_path / "ck")
+    quiet = dict(chunk=5, checkpoint_every=5, progress=False, log=lambda _: None)
+    char_lm.train_char_lm(_config(corpus), 10, checkpoint_dir=directory, **quiet)
+    before = _files(directory)
+    with pytest.raises(checkpoint.IncompatibleCheckpointError, match="hidden_size.*16, 32"):
+        char_lm.train_char_lm(
+            _config(corpus, hidden_size=32), 20, checkpoint_dir=directory, **quiet
+        )
+    assert _files(directory) == before
+    model, state = char_lm.load_trained(directory)
+    assert model.config == _config(corpus) and int(state.step) == 10
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--corpus", "EMPTY"], "is empty"),
+        (["--corpus", "SMALL"], "fewer than one window of 64 steps"),
+        (["--corpus", "SMALL", "--window", "0"], None),  # argparse exits
+        (["--corpus", "MISSING"], "No such file"),
+    ],
+)
+def test_cli_reports_bad_input_clearly(tmp_path, capsys, args, words):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "small.txt").write_bytes(b"hello world\n" * 20)
+    paths = {"EMPTY": "empty.txt", "SMALL": "small.txt", "MISSING": "missing.txt"}
+    args = [str(tmp_path / paths[a]) if a in paths else a for a in args]
+    directory = tmp_path / "ck"
+    argv = ["train-charlm", "--checkpoint-dir", str(directory), *args]
+    if words is None:
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+        return
+    assert cli.main(argv) == 2
+    assert words in capsys.readouterr().err
+    assert not directory.exists() or not os.listdir(directory)
+
+
+def test_cli_trains_saves_and_samples(tmp_path, capsys, corpus):
+    directory = str(tmp_path / "ck")
+    argv = [
+        "train-charlm",
+        "--corpus",
+        corpus,
+        "--steps",
+        "20",
+        "--hidden-size",
+        "16",
+        "--embed-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--window",
+        "8",
+        "--checkpoint-dir",
+        directory,
+        "--checkpoint-every",
+        "25",
+        "--length",
+        "30",
+    ]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "held-out bits per character" in out and "--- sample" in out
+    assert cli.main(["sample", "--checkpoint-dir", directory, "--length", "50"]) == 0
+    assert "--- sample" in capsys.readouterr().out
+
+
+def test_greedy_sampling_equals_a_step_by_step_loop(corpus):
+    model = char_lm.CharLM(_config(corpus))
+    params = model.init(jax.random.key(0))
+    params = params._replace(
+        head=params.head._replace(b=jax.random.normal(jax.random.key(1), (256,), jnp.float32))
+    )
+    carry, token = model.init_carry((2,)), jnp.array([100, 32], jnp.int32)
+    _, tokens = generate.sample(
+        model.step, params, carry, token, jax.random.key(0), 12, temperature=0.0
+    )
+    expected = []
+    for _ in range(12):
+        carry, logits = model.step(params, carry, token)
+        token = jnp.argmax(logits, -1).astype(jnp.int32)
+        expected.append(np.asarray(token))
+    np.testing.assert_array_equal(tokens, np.stack(expected))
+    # top_k=1 sampling is greedy too, whatever the temperature.
+    _, top1 = generate.sample(
+        model.step,
+        params,
+        model.init_carry((2,)),
+        jnp.array([100, 32], jnp.int32),
+        jax.random.key(5),
+        12,
+        temperature=1.5,
+        top_k=1,
+    )
+    np.testing.assert_array_equal(top1, tokens)
+
+
+def test_sampling_follows_the_temperature():
+    logits = jnp.log(jnp.array([0.6, 0.3, 0.1], jnp.float32))
+    keys = jax.random.split(jax.random.key(0), 4000)
+    draw = jax.vmap(lambda k: generate.pick_token(k, logits, temperature=1.0))(keys)
+    freq = np.bincount(np.asarray(draw), minlength=3) / 4000
+    np.testing.assert_allclose(freq, [0.6, 0.3, 0.1], atol=0.03)  # 4000 draws: sd < 0.008
+    cold = jax.vmap(lambda k: generate.pick_token(k, logits, temperature=0.25))(keys)
+    assert np.mean(np.asarray(cold) == 0) > 0.85
+    top2 = jax.vmap(lambda k: generate.pick_token(k, logits, top_k=2))(keys)
+    assert not np.any(np.asarray(top2) == 2)
+    with pytest.raises(ValueError, match="top_k must lie in"):
+        generate.pick_token(keys[0], logits, top_k=4)
