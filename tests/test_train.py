@@ -71,7 +71,7 @@ def test_one_window_of_length_T_is_exactly_bptt(cell, key):
 
 
 @every_cell
-@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("k", [5])  # two windows and a dropped tail of 2
 def test_streamed_windows_equal_separate_grads_with_constant_carries(cell, key, k):
     """The reference cuts the graph by hand: one jax.grad per window, the carry a constant."""
     init, forward = _model(cell)
@@ -124,7 +124,7 @@ def test_no_gradient_crosses_a_window_border(key):
     assert bool(jnp.any(jax.grad(uncut)(xs)[:4] != 0))
 
 
-@pytest.mark.parametrize("k1, k2", [(2, 5), (3, 3), (1, 4)])
+@pytest.mark.parametrize("k1, k2", [(2, 5), (1, 4)])
 def test_k1_k2_windows_match_a_hand_written_reference(key, k1, k2):
     """Every k1 steps, backpropagate k2 steps: loss on the window's last k1 steps."""
     cell = GRUCell(3, 4)

@@ -221,7 +221,7 @@ def _windowed_by_hand(cell, params, xs, k):
 
 
 @every_cell
-@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("k", [1, 4])
 def test_truncate_equals_windows_cut_by_hand(cell, key, k):
     params = cell.init(key)
     xs = _inputs(cell, (2,))
