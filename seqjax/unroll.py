@@ -15,8 +15,34 @@ from seqjax._types import Array, Cell, PyTree
 _HOIST_PROJECTION = {"cpu": False}
 
 
+# Whether the scan body sees its weights as per-gate column blocks of width H, put back
+# together inside the body. The math is unchanged; what changes is the scan's transpose,
+# which then accumulates one [H, H] (or [I, H]) weight gradient per gate per step instead of
+# one [H, 4H] array. Measured on XLA:CPU (benchmarks/rnn_vs_flax.py): LSTM forward+backward
+# 1.15-1.28x -> 0.80-1.01x of Flax linen, forward unchanged. Not yet measured elsewhere.
+_SPLIT_GATE_BLOCKS = {"cpu": True}
+
+
 def _hoist_default() -> bool:
     return _HOIST_PROJECTION.get(jax.default_backend(), True)
+
+
+def _gate_blocks(params: PyTree, width: int):
+    """Split each ``[n, k * width]`` leaf (k > 1) into k column blocks; return them, and a join."""
+
+    def split(a):
+        if jnp.ndim(a) == 2 and a.shape[-1] > width and a.shape[-1] % width == 0:
+            return tuple(jnp.split(a, a.shape[-1] // width, axis=-1))
+        return a
+
+    leaves, treedef = jax.tree.flatten(params)
+    blocks = [split(a) for a in leaves]
+
+    def rebuild(blocks):
+        joined = [jnp.concatenate(b, axis=-1) if isinstance(b, tuple) else b for b in blocks]
+        return treedef.unflatten(joined)
+
+    return blocks, rebuild
 
 
 def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str):
@@ -105,16 +131,11 @@ def unroll(
     if hoist_projection is None:
         hoist_projection = _hoist_default()
     num_steps = xs.shape[0]
-    if hoist_projection:
-        inputs = cell.project(params, xs)
-
-        def project(x):
-            return x
+    inputs = cell.project(params, xs) if hoist_projection else xs
+    if _SPLIT_GATE_BLOCKS.get(jax.default_backend(), False):
+        blocks, rebuild = _gate_blocks(params, cell.hidden_size)
     else:
-        inputs = xs
-
-        def project(x):
-            return cell.project(params, x)
+        blocks, rebuild = params, lambda p: p
 
     needs_time = lengths is not None or truncate is not None
     step_dtype = jnp.int32 if lengths is None else lengths.dtype
@@ -126,6 +147,7 @@ def unroll(
 
     def body(carry, slices):
         t, x, reset = slices
+        params = rebuild(blocks)
         if truncate is not None:
             # The carry entering step t crosses a window border (t a multiple of k, walking
             # forwards; t + 1 a multiple of k, walking backwards) and is cut there.
@@ -134,7 +156,8 @@ def unroll(
             carry = jax.tree.map(lambda c: jnp.where(border, jax.lax.stop_gradient(c), c), carry)
         if reset is not None:
             carry = select(reset, fresh, carry)
-        new_carry, y = cell.step(params, carry, project(x))
+        px = x if hoist_projection else cell.project(params, x)
+        new_carry, y = cell.step(params, carry, px)
         if lengths is None:
             return new_carry, y
         valid = t < lengths  # [*B]
