@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         {"train-charlm": _train, "sample": _sample}[args.command](args)
-    except (ValueError, FileNotFoundError, TypeError) as err:
+    except (ValueError, OSError) as err:
         print(f"seqjax {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
