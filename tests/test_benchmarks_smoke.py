@@ -7,6 +7,7 @@ traceback. Timings are not checked, only that the results are complete and well 
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import subprocess
@@ -33,6 +34,8 @@ TIMING_KEYS = {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "n_samples", "
 SHAPE_KEYS = {"dtype", "config", "B", "T", "I", "H"}
 
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("[!_]*.py"))
+# Scripts that compare against an optional peer library skip cleanly without it.
+NEEDS = {"char_lm_vs_torch": "torch"}
 
 
 def run_quick(script: str, out: Path) -> tuple[list[dict], str]:
@@ -104,6 +107,8 @@ CHECKS = {"unroll_projection": check_unroll_projection, "rnn_vs_flax": check_rnn
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_quick_run(script, tmp_path):
+    if script in NEEDS and importlib.util.find_spec(NEEDS[script]) is None:
+        pytest.skip(f"{script} compares against {NEEDS[script]}, which is not installed")
     rows, md = run_quick(script, tmp_path)
     if script in CHECKS:
         CHECKS[script](rows, md)
