@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
+from seqjax.interop.flax_linen import params_from_linen, params_to_linen
 
 SCRIPT = "rnn_vs_flax"
 TITLE = "seqjax.unroll vs Flax linen nn.RNN (LSTM, GRU)"
@@ -65,49 +66,22 @@ def flax_model(name: str, hidden_size: int, layout: str) -> nn.RNN:
     return nn.RNN(cell, time_major=layout == "time_major")
 
 
-def _blocks(a, n: int) -> list:
-    return jnp.split(a, n, axis=-1)
+def flax_variables(cell, params) -> dict:
+    """Flax linen ``nn.RNN`` variables holding the same function as seqjax ``params``."""
+    return {"params": {"cell": params_to_linen(cell, params)["params"]}}
 
 
-def flax_variables(name: str, params) -> dict:
-    """Flax linen variables holding the same values as seqjax ``params``."""
-    if name == "lstm":  # gate order i, f, g, o in both
-        wx, wh, b = _blocks(params.w_x, 4), _blocks(params.w_h, 4), _blocks(params.b, 4)
-        cell = {}
-        for j, g in enumerate("ifgo"):
-            cell[f"i{g}"] = {"kernel": wx[j]}
-            cell[f"h{g}"] = {"kernel": wh[j], "bias": b[j]}
-    else:  # gate order r, z, n in both; Flax has no recurrent bias for r and z
-        wx, wh = _blocks(params.w_x, 3), _blocks(params.w_h, 3)
-        bx, bh = _blocks(params.b_x, 3), _blocks(params.b_h, 3)
-        cell = {
-            "ir": {"kernel": wx[0], "bias": bx[0] + bh[0]},
-            "iz": {"kernel": wx[1], "bias": bx[1] + bh[1]},
-            "in": {"kernel": wx[2], "bias": bx[2]},
-            "hr": {"kernel": wh[0]},
-            "hz": {"kernel": wh[1]},
-            "hn": {"kernel": wh[2], "bias": bh[2]},
-        }
-    return {"params": {"cell": cell}}
-
-
-def seqjax_grads_from_flax(name: str, grads: dict, like):
+def seqjax_grads_from_flax(cell, grads: dict):
     """Flax parameter gradients rearranged as seqjax's (for the equivalence check)."""
-    c = grads["params"]["cell"]
-    cat = jnp.concatenate
-    if name == "lstm":
-        return type(like)(
-            w_x=cat([c[f"i{g}"]["kernel"] for g in "ifgo"], axis=-1),
-            w_h=cat([c[f"h{g}"]["kernel"] for g in "ifgo"], axis=-1),
-            b=cat([c[f"h{g}"]["bias"] for g in "ifgo"], axis=-1),
+    converted = params_from_linen(cell, grads["params"]["cell"])
+    if isinstance(cell, seqjax.GRUCell):
+        # Flax has no recurrent r/z biases; seqjax's enter only through their sum with the
+        # input biases, so their gradients are the input biases' gradients.
+        hidden = cell.hidden_size
+        converted = converted._replace(
+            b_h=converted.b_h.at[: 2 * hidden].set(converted.b_x[: 2 * hidden])
         )
-    # d/d b_h[r, z] equals d/d b_x[r, z]: the two biases enter only as their sum.
-    return type(like)(
-        w_x=cat([c["ir"]["kernel"], c["iz"]["kernel"], c["in"]["kernel"]], axis=-1),
-        w_h=cat([c["hr"]["kernel"], c["hz"]["kernel"], c["hn"]["kernel"]], axis=-1),
-        b_x=cat([c["ir"]["bias"], c["iz"]["bias"], c["in"]["bias"]], axis=-1),
-        b_h=cat([c["ir"]["bias"], c["iz"]["bias"], c["hn"]["bias"]], axis=-1),
-    )
+    return converted
 
 
 def make_fns(name: str, cell, model: nn.RNN, mode: str, layout: str):
@@ -129,11 +103,11 @@ def make_fns(name: str, cell, model: nn.RNN, mode: str, layout: str):
     return with_grad(seqjax_forward), with_grad(flax_forward)
 
 
-def relative_difference(name: str, mode: str, seqjax_out, flax_out, params) -> float:
+def relative_difference(cell, mode: str, seqjax_out, flax_out) -> float:
     """Largest ``|seqjax - flax| / max|flax|`` over ys, or over the loss and every gradient."""
     if mode == "fwd+bwd":
         loss, (grads, grad_xs) = flax_out
-        flax_out = (loss, (seqjax_grads_from_flax(name, grads, params), grad_xs))
+        flax_out = (loss, (seqjax_grads_from_flax(cell, grads), grad_xs))
     worst = 0.0
     for a, b in zip(jax.tree.leaves(seqjax_out), jax.tree.leaves(flax_out), strict=True):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -156,7 +130,7 @@ def run(args) -> h.Recorder:
         for name in CELLS:
             cell = seqjax_cell(name, i, hid)
             params = cell.init(jax.random.fold_in(key, 2), DTYPE)
-            variables = flax_variables(name, params)
+            variables = flax_variables(cell, params)
             for layout in LAYOUTS:
                 xs = xs_tm if layout == "time_major" else jnp.swapaxes(xs_tm, 0, 1)
                 model = flax_model(name, hid, layout)
@@ -170,7 +144,7 @@ def run(args) -> h.Recorder:
                     outs: list = []
                     rows = h.measure_group(group, **timing, outputs=outs)
                     # What was timed must be the same computation, or the ratio means nothing.
-                    diff = relative_difference(name, mode, *outs, params)
+                    diff = relative_difference(cell, mode, *outs)
                     if diff > REL_TOL:
                         raise AssertionError(
                             f"seqjax and Flax {name} {mode} ({layout}) disagree: "
