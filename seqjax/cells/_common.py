@@ -17,10 +17,16 @@ def affine(x: Array, w: Array, b: Array | None = None) -> Array:
     return y if b is None else y + jnp.broadcast_to(b, y.shape)
 
 
+def _draw_dtype(dtype):
+    """Draw in at least float32, then cast: half-precision draws would be coarse, and XLA:CPU
+    has no bfloat16/float16 QR for the orthogonal initialiser."""
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
+
+
 def glorot_uniform(key: PRNGKey, shape: tuple[int, int], dtype) -> Array:
     """Glorot/Xavier uniform for an ``(in, out)`` matrix: U(-a, a), a = sqrt(6 / (in + out))."""
-    limit = jnp.sqrt(6.0 / (shape[0] + shape[1]))
-    return jax.random.uniform(key, shape, dtype, -limit, limit)
+    limit = (6.0 / (shape[0] + shape[1])) ** 0.5
+    return jax.random.uniform(key, shape, _draw_dtype(dtype), -limit, limit).astype(dtype)
 
 
 def orthogonal_blocks(key: PRNGKey, hidden_size: int, num_blocks: int, dtype) -> Array:
@@ -31,7 +37,8 @@ def orthogonal_blocks(key: PRNGKey, hidden_size: int, num_blocks: int, dtype) ->
     """
     init = jax.nn.initializers.orthogonal()
     keys = jax.random.split(key, num_blocks)
-    return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+    blocks = [init(k, (hidden_size, hidden_size), _draw_dtype(dtype)) for k in keys]
+    return jnp.concatenate(blocks, axis=1).astype(dtype)
 
 
 def zeros_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype) -> Array:
