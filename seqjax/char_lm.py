@@ -304,8 +304,9 @@ def train_char_lm(
     With ``checkpoint_dir``, the newest compatible checkpoint there is resumed, and the
     state is saved every ``checkpoint_every`` updates and at the end. A checkpoint of
     another configuration raises :class:`seqjax.checkpoint.IncompatibleCheckpointError`
-    before anything is written. Updates run ``chunk`` windows per compiled call; saves
-    fall on chunk boundaries so that a resumed run repeats the same calls.
+    before anything is written. Updates run ``chunk`` windows per compiled call, the calls
+    aligned to multiples of ``chunk`` whatever step a run starts from, so that a resumed
+    run repeats the uninterrupted run's calls.
     """
     if steps < 0:
         raise ValueError(f"train_char_lm: steps must be >= 0; got {steps}")
@@ -329,7 +330,7 @@ def train_char_lm(
     chars_per_update = config.window * config.batch_size
     while int(state.step) < steps:
         first = int(state.step)
-        count = min(chunk, steps - first)
+        count = min(chunk - first % chunk, steps - first)  # chunks on multiples of `chunk`
         windows = tuple(jnp.asarray(a) for a in _windows(config, corpus.streams, first, count))
         state, metrics = run(state, windows)
         loss, grad_norm = float(metrics.loss.mean()), float(metrics.grad_norm.max())

@@ -48,6 +48,8 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, corpus):
     directory = str(tmp_path / "ck")
     char_lm.train_char_lm(config, 150, checkpoint_dir=directory, **quiet)
     assert checkpoint.latest_step(directory) == 150
+    char_lm.train_char_lm(config, 160, checkpoint_dir=directory, **quiet)  # ends mid-chunk
+    assert checkpoint.latest_step(directory) == 160
     _, resumed, _ = char_lm.train_char_lm(config, 300, checkpoint_dir=directory, **quiet)
     tree_allclose(resumed, whole, rtol=0, atol=0)
     assert int(resumed.step) == 300
