@@ -1,0 +1,145 @@
+"""Why a recurrent network learns or not: gradient flow through time and state-Jacobian spectra.
+
+* :func:`carry_gradients` gives ``dL/dh`` for the state read by every step in one backward
+  pass (a zero perturbation is added to the carry entering each step and differentiated),
+  so vanishing and
+  exploding gradients show up as norms that fall or grow with distance from the loss.
+* :func:`state_jacobians` gives the one-step Jacobians ``J_t = dh_t / dh_{t-1}`` along a
+  trajectory; :func:`jacobian_summary` their singular values and spectral radii, and the
+  norm of the products ``dh_T / dh_t`` that backpropagation multiplies together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from seqjax import _checks
+from seqjax._types import Array, Cell, PyTree
+
+
+def _flat(carry) -> Array:
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(carry)])
+
+
+def carry_gradients(
+    cell: Cell,
+    params: PyTree,
+    xs: Array,
+    loss_fn: Callable[[Array], Array],
+    carry: PyTree | None = None,
+) -> PyTree:
+    """The gradient of ``loss_fn(ys)`` w.r.t. the carry that each step reads.
+
+    Args:
+        cell: any cell.
+        params: its parameters.
+        xs: inputs ``[T, *B, I]`` (time-major).
+        loss_fn: ``loss_fn(ys [T, *B, H]) -> []``, e.g. a loss on the last output only.
+        carry: the initial carry (zeros when None).
+
+    Returns:
+        A carry-shaped pytree whose leaves are ``[T, *B, H]``: entry ``t`` is the gradient
+        with respect to the carry entering step ``t`` (``h_{t-1}``; the initial carry at
+        ``t = 0``), which every output from ``ys[t]`` on depends on (for an LSTM, both ``h``
+        and ``c``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from seqjax import ElmanCell
+        >>> cell = ElmanCell(1, 8)
+        >>> params = cell.init(jax.random.key(0))
+        >>> xs = jax.random.normal(jax.random.key(1), (20, 1))
+        >>> grads = carry_gradients(cell, params, xs, lambda ys: ys[-1].sum())
+        >>> norms = gradient_norms(grads)                       # [T]
+        >>> norms.shape, bool(norms[-1] > 0)
+        ((20,), True)
+    """
+    xs = _checks.floating_array("xs", xs, "carry_gradients")
+    _checks.feature_size("xs", xs.shape, cell.input_size, "carry_gradients")
+    if carry is None:
+        carry = cell.init_carry(xs.shape[1:-1], xs.dtype)
+    zeros = jax.tree.map(lambda a: jnp.zeros((xs.shape[0], *a.shape), a.dtype), carry)
+
+    def loss_of_perturbations(eps):
+        def body(c, x_e):
+            x, e = x_e
+            return cell.apply(params, jax.tree.map(jnp.add, c, e), x)
+
+        _, ys = jax.lax.scan(body, carry, (xs, eps))
+        return loss_fn(ys)
+
+    return jax.grad(loss_of_perturbations)(zeros)
+
+
+def gradient_norms(grads: PyTree) -> Array:
+    """L2 norm over the features of every leaf together: ``[T, *B, H]`` leaves -> ``[T, *B]``."""
+    return jnp.sqrt(sum(jnp.sum(g**2, axis=-1) for g in jax.tree.leaves(grads)))
+
+
+def state_jacobians(cell: Cell, params: PyTree, xs: Array, carry: PyTree | None = None) -> Array:
+    """One-step Jacobians ``J_t = d carry_t / d carry_{t-1}`` along the trajectory of ``xs``.
+
+    Args:
+        xs: inputs ``[T, I]`` of one sequence (no batch dims).
+        carry: initial carry (zeros when None).
+
+    Returns:
+        ``[T, S, S]`` with ``S`` the flattened carry size (``H``; ``2H`` for an LSTM, ``h``
+        then ``c``).
+    """
+    xs = _checks.floating_array("xs", xs, "state_jacobians")
+    if xs.ndim != 2:
+        raise ValueError(
+            f"state_jacobians: xs must be one sequence [T, I] (vmap for batches); "
+            f"got shape {xs.shape}"
+        )
+    _checks.feature_size("xs", xs.shape, cell.input_size, "state_jacobians")
+    carry = cell.init_carry((), xs.dtype) if carry is None else carry
+    _, unravel = ravel_pytree(carry)
+
+    def body(c, x):
+        def step(flat):
+            return _flat(cell.apply(params, unravel(flat), x)[0])
+
+        flat = _flat(c)
+        return unravel(step(flat)), jax.jacfwd(step)(flat)
+
+    _, jacobians = jax.lax.scan(body, carry, xs)
+    return jacobians
+
+
+def jacobian_summary(jacobians: Array) -> dict[str, Array]:
+    """Singular values, spectral radii and backpropagated products of one-step Jacobians.
+
+    Args:
+        jacobians: ``[T, S, S]`` from :func:`state_jacobians`.
+
+    Returns:
+        ``singular_values`` ``[T, S]`` (descending), ``spectral_radius`` ``[T]`` (largest
+        eigenvalue modulus), and ``product_norm`` ``[T]``: the spectral norm of
+        ``dh_T / dh_t = J_T ... J_{t+1}`` (1 at ``t = T``), the factor by which a gradient
+        at the last step is scaled on its way back to step ``t``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> summary = jacobian_summary(jnp.stack([0.5 * jnp.eye(2)] * 3))
+        >>> summary["product_norm"].tolist()
+        [0.25, 0.5, 1.0]
+    """
+
+    def accumulate(product, jacobian):
+        return product @ jacobian, product
+
+    size = jacobians.shape[-1]
+    _, products = jax.lax.scan(
+        accumulate, jnp.eye(size, dtype=jacobians.dtype), jacobians, reverse=True
+    )
+    return {
+        "singular_values": jnp.linalg.svd(jacobians, compute_uv=False),
+        "spectral_radius": jnp.max(jnp.abs(jnp.linalg.eigvals(jacobians)), axis=-1),
+        "product_norm": jnp.linalg.norm(products, ord=2, axis=(-2, -1)),
+    }
