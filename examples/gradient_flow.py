@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import os
 import time
 
@@ -95,11 +96,11 @@ def main(argv=None):
     for name, (before, _, mse, seconds) in results.items():
         ratio = float(before[0] / before[-1])
         print(f"{name:<14} {mse:>9.4f} {ratio:>28.3g} {seconds:>8.1f}")
-    try:
-        from seqjax.plots import plot_gradient_flow
-    except ImportError:
-        print("(matplotlib not installed: no plots)")
+    if importlib.util.find_spec("matplotlib") is None:
+        print('(matplotlib is not installed, so no plots: pip install "seqjax[plot]")')
         return 0
+    from seqjax.plots import plot_gradient_flow
+
     for when, index in (("initialisation", 0), ("training", 1)):
         path = os.path.join(args.out, f"gradient_flow_{'init' if index == 0 else 'trained'}.png")
         title = f"Adding problem, T = {args.length}: gradient flow after {when}"
