@@ -108,8 +108,9 @@ def unroll(
         the layout of ``xs``.
 
     Raises:
-        TypeError: ``xs`` is not floating, or ``lengths`` is not integer.
-        ValueError: a shape does not match the cell, or ``lengths`` lies outside ``[0, T]``.
+        TypeError: ``xs`` is not floating, ``lengths`` not integer or ``resets`` not bool.
+        ValueError: a shape does not match the cell, ``lengths`` lies outside ``[0, T]``,
+            or ``truncate`` is not a positive int.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -140,7 +141,8 @@ def unroll(
     needs_time = lengths is not None or truncate is not None
     step_dtype = jnp.int32 if lengths is None else lengths.dtype
     steps = jnp.arange(num_steps, dtype=step_dtype) if needs_time else None
-    fresh = cell.init_carry(xs.shape[1:-1], jax.tree.leaves(carry)[0].dtype)
+    if resets is not None:
+        fresh = cell.init_carry(xs.shape[1:-1], jax.tree.leaves(carry)[0].dtype)
 
     def select(mask, new, old):  # mask [*B]: per sequence, new where True
         return jax.tree.map(lambda n, o: jnp.where(mask[..., None], n, o), new, old)
