@@ -206,17 +206,28 @@ def test_clipping_bounds_the_update_and_the_norm_before_clipping_is_reported(key
     assert step_norm == pytest.approx(max_norm, rel=1e-4)
 
 
-def test_default_optimizer_clips_by_value_then_norm(key):
-    grads = {"w": jnp.array([100.0, -0.5, 3.0], jnp.float32)}
-    clip_only = optax.chain(optax.clip(1.0), optax.clip_by_global_norm(1.0))
-    clipped, _ = clip_only.update(grads, clip_only.init(grads))
-    assert float(jnp.linalg.norm(clipped["w"])) == pytest.approx(1.0, rel=1e-6)
-    optimizer = default_optimizer(1e-2, max_norm=1.0, max_value=1.0)
+def test_default_optimizer_is_value_clip_then_norm_clip_then_adam():
+    """Over several steps of varying gradients, the recipe equals the hand-built optax chain
+    and differs from Adam without clipping (Adam's first step alone would hide clipping)."""
+    grads = [{"w": jnp.array([100.0 * (-1) ** i, -0.5, 3.0 + i], jnp.float32)} for i in range(4)]
+    params = {"w": jnp.zeros(3, jnp.float32)}
+
+    def run(optimizer):
+        state, out = optimizer.init(params), []
+        for g in grads:
+            updates, state = optimizer.update(g, state, params)
+            out.append(updates["w"])
+        return np.stack(out)
+
     # optax's Adam mixes its int32 step count with Python floats: standard promotion there.
     with jax.numpy_dtype_promotion("standard"):
-        updates, _ = optimizer.update(grads, optimizer.init(grads), grads)
-    # Adam's first step moves every entry by the learning rate, whatever the clipping.
-    np.testing.assert_allclose(jnp.abs(updates["w"]), 1e-2, rtol=1e-3)
+        got = run(default_optimizer(1e-2, max_norm=1.0, max_value=2.0))
+        want = run(optax.chain(optax.clip(2.0), optax.clip_by_global_norm(1.0), optax.adam(1e-2)))
+        norm_only = run(default_optimizer(1e-2, max_norm=1.0))
+        plain = run(optax.adam(1e-2))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert not np.allclose(got, norm_only, rtol=1e-3)
+    assert not np.allclose(norm_only, plain, rtol=1e-3)
 
 
 def test_losses_respect_masks():
