@@ -1,4 +1,4 @@
-"""The ``seqjax`` command: ``seqjax train-charlm`` and ``seqjax sample``."""
+"""The ``seqjax`` command: ``seqjax train-charlm``, ``seqjax sample`` and ``seqjax bench``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--checkpoint-dir", required=True)
     sample.add_argument("--seed", type=int, default=0)
     _sampling_options(sample, default_length=600)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time seqjax's LSTM/GRU/Elman layers against the installed peer libraries",
+        description="A quick benchmark on whatever backend JAX finds: seqjax.unroll against "
+        "Flax linen nn.RNN and PyTorch (when installed), forward and forward+backward, on "
+        "the same weights (checked before timing); prints median times and ratios.",
+    )
+    from seqjax import bench as _bench
+
+    _bench.add_arguments(bench)
     return parser
 
 
@@ -117,10 +128,16 @@ def _sample(args) -> None:
     _print_sample(model, state, args)
 
 
+def _run_bench(args) -> None:
+    from seqjax import bench
+
+    bench.main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train-charlm": _train, "sample": _sample}[args.command](args)
+        {"train-charlm": _train, "sample": _sample, "bench": _run_bench}[args.command](args)
     except (ValueError, OSError) as err:
         print(f"seqjax {args.command}: error: {err}", file=sys.stderr)
         return 2
