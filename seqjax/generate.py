@@ -1,8 +1,13 @@
-"""Sampling and decoding loops under ``lax.scan``: greedy, temperature and top-k."""
+"""Sampling and decoding loops under ``lax.scan``: greedy, temperature, top-k and beam search.
+
+Every loop runs a fixed number of steps inside one ``lax.scan``, so it jits with fixed
+shapes; a model enters as ``step_fn(params, carry, token [*B]) -> (carry, logits [*B, V])``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,3 +91,239 @@ def sample(
     token = jnp.asarray(token)
     (carry, _), tokens = jax.lax.scan(body, (carry, token), jnp.arange(num_steps))
     return carry, tokens
+
+
+class Decoded(NamedTuple):
+    """What :func:`decode` returns."""
+
+    tokens: Array  # [L, *B] int: generated ids; ``end_token`` past each sequence's end
+    lengths: Array  # [*B] int32: valid tokens, the end token included (L if none was drawn)
+    log_probs: Array  # [*B] summed model log-probabilities (temperature 1) of the valid tokens
+    carry: PyTree  # the state after each sequence's last valid token
+
+
+class Beams(NamedTuple):
+    """What :func:`beam_search` returns; beams are ordered best first along ``K``."""
+
+    tokens: Array  # [L, *B, K] int: ids; ``end_token`` past each beam's end
+    lengths: Array  # [*B, K] int32: valid tokens, the end token included
+    scores: Array  # [*B, K] summed log-probabilities of the valid tokens
+
+
+def _where_batch(mask: Array, new: PyTree, old: PyTree) -> PyTree:
+    """Per batch element (``mask`` ``[*B]``), ``new`` where True, ``old`` elsewhere."""
+
+    def pick(n, o):
+        m = jnp.reshape(mask, mask.shape + (1,) * (jnp.ndim(n) - mask.ndim))
+        return jnp.where(jnp.broadcast_to(m, jnp.shape(n)), n, o)
+
+    return jax.tree.map(pick, new, old)
+
+
+def _check_token(name: str, token) -> Array:
+    token = jnp.asarray(token)
+    if not jnp.issubdtype(token.dtype, jnp.integer):
+        raise TypeError(f"{name}: token must hold integer ids; got dtype {token.dtype}")
+    return token
+
+
+def _check_decode_args(name: str, max_length: int, end_token, vocab_size: int):
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"{name}: max_length must be a positive int; got {max_length!r}")
+    if end_token is not None and not 0 <= end_token < vocab_size:
+        raise ValueError(
+            f"{name}: end_token must lie in [0, V) = [0, {vocab_size}); got {end_token}"
+        )
+
+
+def decode(
+    step_fn: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]],
+    params: PyTree,
+    carry: PyTree,
+    token: Array,
+    key: PRNGKey,
+    max_length: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    end_token: int | None = None,
+) -> Decoded:
+    """Greedy (default) or sampled decoding that stops each sequence at ``end_token``.
+
+    Like :func:`sample` (same keys, so the same tokens up to each end), but a sequence that
+    has drawn ``end_token`` is finished: its carry stays as it was after the end token, its
+    later tokens are ``end_token`` and do not count in ``lengths`` or ``log_probs``. The
+    loop always runs ``max_length`` steps under ``lax.scan``, so it jits with fixed shapes.
+
+    Args:
+        step_fn: ``step_fn(params, carry, token [*B]) -> (carry, logits [*B, V])``.
+        params: the model's parameters.
+        carry: the decoder's initial state (leaves ``[*B, ...]``).
+        token: ``[*B]`` integer ids, the first input (a start token).
+        key: PRNG key; step ``t`` draws with ``fold_in(key, t)`` (unused when greedy).
+        max_length: number of steps ``L``.
+        temperature, top_k: as in :func:`pick_token`; ``temperature=0`` is greedy.
+        end_token: the id that ends a sequence; None: every sequence runs ``L`` steps.
+
+    Returns:
+        :class:`Decoded`: ``tokens [L, *B]``, ``lengths [*B]``, ``log_probs [*B]`` (under
+        the model's own distribution, whatever the temperature), and the final ``carry``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> def step_fn(params, carry, token):       # predicts token + 1, ids 0..4
+        ...     return carry, jax.nn.one_hot((token + 1) % 5, 5) * 10.0
+        >>> out = decode(step_fn, None, (), jnp.array([0, 2]), jax.random.key(0), 4,
+        ...              end_token=4)
+        >>> out.tokens.T.tolist(), out.lengths.tolist()
+        ([[1, 2, 3, 4], [3, 4, 4, 4]], [4, 2])
+    """
+    token = _check_token("decode", token)
+    spec = jax.eval_shape(step_fn, params, carry, token)[1]
+    _check_decode_args("decode", max_length, end_token, spec.shape[-1])
+    batch_shape = token.shape
+
+    def body(state, t):
+        carry, token, done, length, score = state
+        new_carry, logits = step_fn(params, carry, token)
+        picked = pick_token(
+            jax.random.fold_in(key, t), logits, temperature=temperature, top_k=top_k
+        ).astype(token.dtype)
+        log_p = jax.nn.log_softmax(logits, axis=-1)
+        log_p = jnp.take_along_axis(log_p, picked[..., None], axis=-1)[..., 0]
+        if end_token is not None:
+            picked = jnp.where(done, jnp.full_like(picked, end_token), picked)
+            new_carry = _where_batch(done, carry, new_carry)
+        live = jnp.logical_not(done)
+        length = length + live.astype(length.dtype)
+        score = score + jnp.where(live, log_p, jnp.zeros_like(log_p))
+        if end_token is not None:
+            done = done | (picked == end_token)
+        return (new_carry, picked, done, length, score), picked
+
+    state = (
+        carry,
+        token,
+        jnp.zeros(batch_shape, bool),
+        jnp.zeros(batch_shape, jnp.int32),
+        jnp.zeros(batch_shape, spec.dtype),
+    )
+    (carry, _, _, lengths, scores), tokens = jax.lax.scan(body, state, jnp.arange(max_length))
+    return Decoded(tokens, lengths, scores, carry)
+
+
+def beam_search(
+    step_fn: Callable[[PyTree, PyTree, Array], tuple[PyTree, Array]],
+    params: PyTree,
+    carry: PyTree,
+    token: Array,
+    beam_width: int,
+    max_length: int,
+    *,
+    end_token: int | None = None,
+) -> Beams:
+    """Beam search of fixed width ``K`` under ``lax.scan``; returns the ``K`` best sequences.
+
+    Every step extends each of the ``K`` beams by every token and keeps the ``K`` best of
+    the ``K * V`` candidates. A beam that has drawn ``end_token`` is finished: it can only
+    be extended by ``end_token`` again, at log-probability 0, so it keeps its score and
+    competes with the live beams until the end. The loop always runs ``max_length`` steps.
+
+    Scores are summed log-probabilities, with no length normalisation: the end token has its
+    own probability, so the model's length distribution is already in the score. This is
+    the right ranking when the output length follows from the input (reversing or sorting a
+    sequence); for open-ended generation, where summed scores favour short outputs, rescore
+    the returned beams, e.g. by ``scores / lengths ** alpha``.
+
+    With ``K >= V ** (L - 1)`` every prefix survives to the last step and the search is
+    exact: the beams are the ``K`` most likely sequences of at most ``L`` tokens.
+
+    Args:
+        step_fn: ``step_fn(params, carry, token [*B]) -> (carry, logits [*B, V])``; it
+            is called with batch shape ``[*B, K]`` (every cell accepts any batch shape).
+        params: the model's parameters.
+        carry: the decoder's initial state (leaves ``[*B, ...]``), shared by all beams.
+        token: ``[*B]`` integer ids, the first input (a start token).
+        beam_width: ``K``, the number of beams kept (and returned).
+        max_length: number of steps ``L``.
+        end_token: the id that finishes a beam; None: every beam runs ``L`` steps.
+
+    Returns:
+        :class:`Beams`: ``tokens [L, *B, K]``, ``lengths [*B, K]``, ``scores [*B, K]``,
+        best first. Beams that could not be filled (``K`` larger than the number of
+        sequences) score ``-inf``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> def step_fn(params, carry, token):       # token + 1 likely, token next; ids 0..4
+        ...     logits = 3.0 * jax.nn.one_hot((token + 1) % 5, 5) + 0.5 * jax.nn.one_hot(token, 5)
+        ...     return carry, logits
+        >>> beams = beam_search(step_fn, None, (), jnp.array(2), 2, 4, end_token=4)
+        >>> beams.tokens.T.tolist(), beams.lengths.tolist()      # best first; 4 ends a beam
+        ([[3, 4, 4, 4], [3, 3, 4, 4]], [2, 3])
+    """
+    token = _check_token("beam_search", token)
+    if not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"beam_search: beam_width must be a positive int; got {beam_width!r}")
+    batch_shape, k = token.shape, beam_width
+    axis = len(batch_shape)  # the beam axis, right after the batch dims
+
+    def expand(a):
+        a = jnp.asarray(a)
+        return jnp.broadcast_to(jnp.expand_dims(a, axis), (*batch_shape, k, *a.shape[axis:]))
+
+    carry, token = jax.tree.map(expand, carry), expand(token)
+    spec = jax.eval_shape(step_fn, params, carry, token)[1]
+    vocab_size, dtype = spec.shape[-1], spec.dtype
+    _check_decode_args("beam_search", max_length, end_token, vocab_size)
+    neg_inf = jnp.array(-jnp.inf, dtype)
+    zero = jnp.array(0, dtype)
+    # All beams start equal; only the first is live, so step 1 does not pick one token K times.
+    scores = jnp.broadcast_to(jnp.where(jnp.arange(k) == 0, zero, neg_inf), (*batch_shape, k))
+    only_end = None
+    if end_token is not None:
+        only_end = jnp.where(jnp.arange(vocab_size) == end_token, zero, neg_inf)
+
+    def gather(a, parent):  # a [*B, K, ...] reordered by parent [*B, K]
+        index = jnp.reshape(parent, parent.shape + (1,) * (a.ndim - parent.ndim))
+        return jnp.take_along_axis(
+            a, jnp.broadcast_to(index, parent.shape + a.shape[axis + 1 :]), axis=axis
+        )
+
+    def body(state, _):
+        carry, token, scores, done, lengths = state
+        carry, logits = step_fn(params, carry, token)
+        log_p = jax.nn.log_softmax(logits, axis=-1)  # [*B, K, V]
+        if only_end is not None:
+            finished = jnp.broadcast_to(done[..., None], log_p.shape)
+            log_p = jnp.where(finished, jnp.broadcast_to(only_end, log_p.shape), log_p)
+        candidates = jnp.broadcast_to(scores[..., None], log_p.shape) + log_p
+        scores, index = jax.lax.top_k(candidates.reshape(*batch_shape, k * vocab_size), k)
+        parent, token = index // vocab_size, (index % vocab_size).astype(token.dtype)
+        carry = jax.tree.map(lambda a: gather(a, parent), carry)
+        done = gather(done, parent)
+        lengths = gather(lengths, parent) + jnp.logical_not(done).astype(lengths.dtype)
+        if end_token is not None:
+            done = done | (token == end_token)
+        return (carry, token, scores, done, lengths), (token, parent)
+
+    state = (
+        carry,
+        token,
+        scores,
+        jnp.zeros((*batch_shape, k), bool),
+        jnp.zeros((*batch_shape, k), jnp.int32),
+    )
+    (_, _, scores, _, lengths), (tokens, parents) = jax.lax.scan(
+        body, state, None, length=max_length
+    )
+
+    # top_k returns its K best sorted, so the last step's beams are already best first;
+    # walk the parent pointers back to read each beam's tokens.
+    def back(beam, step):
+        token, parent = step
+        return gather(parent, beam), gather(token, beam)
+
+    start = jnp.broadcast_to(jnp.arange(k, dtype=parents.dtype), (*batch_shape, k))
+    _, tokens = jax.lax.scan(back, start, (tokens, parents), reverse=True)
+    return Beams(tokens, lengths, scores)

@@ -45,6 +45,8 @@ def test_mean_valid_averages_only_valid_steps(key):
     np.testing.assert_allclose(got[1], ys[:2, 1].mean(0), rtol=1e-6)
     np.testing.assert_array_equal(got[2], np.zeros(2))
     np.testing.assert_allclose(mean_valid(ys), ys.mean(0), rtol=1e-6)
+    # int32 lengths under x64 and strict promotion (the step index takes their dtype).
+    np.testing.assert_array_equal(mean_valid(ys, lengths.astype(jnp.int32)), got)
 
 
 def test_a_bidirectional_classifier_in_a_few_lines(key):

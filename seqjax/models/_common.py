@@ -1,0 +1,72 @@
+"""Pieces every task-shape model shares: running an encoder, summarising it, ids on time 0."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax._types import Array, PyTree
+from seqjax.layers import Bidirectional, Stack, last_valid
+from seqjax.unroll import unroll
+
+
+def output_size(encoder) -> int:
+    """Features per step of a cell, :class:`Stack` or :class:`Bidirectional` layer."""
+    return getattr(encoder, "output_size", None) or encoder.hidden_size
+
+
+def run_encoder(encoder, params: PyTree, xs: Array, lengths: Array | None) -> tuple[PyTree, Array]:
+    """Run a cell (through :func:`unroll`) or a sequence layer over time-major ``xs``."""
+    if isinstance(encoder, Stack | Bidirectional):
+        return encoder(params, xs, lengths=lengths)
+    return unroll(encoder, params, xs, lengths=lengths)
+
+
+def last_state(encoder, ys: Array, lengths: Array | None) -> Array:
+    """Each sequence's summary after reading all of it: ``ys [T, *B, F] -> [*B, F]``.
+
+    The output at the last valid step for a forward encoder; for one whose top layer is
+    :class:`Bidirectional`, the forward half at the last valid step next to the backward
+    half at ``t = 0`` (where the backward direction has read the whole sequence).
+    """
+    top = encoder.layers[-1] if isinstance(encoder, Stack) else encoder
+    if not isinstance(top, Bidirectional):
+        return last_valid(ys, lengths)
+    split = top.forward.hidden_size
+    forward = last_valid(ys[..., :split], lengths)
+    return jnp.concatenate([forward, ys[0, ..., split:]], axis=-1)
+
+
+def ids_time_major(name: str, ids, time_axis: int, where: str) -> Array:
+    """Integer ids ``[T, *B]`` (time on ``time_axis``) moved to time-major."""
+    ids = jnp.asarray(ids)
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+        raise TypeError(f"{where}: {name} must hold integer ids; got dtype {ids.dtype}")
+    if ids.ndim < 1 or not -ids.ndim <= time_axis < ids.ndim:
+        raise ValueError(
+            f"{where}: {name} must have a time axis at time_axis={time_axis}; got shape {ids.shape}"
+        )
+    return jnp.moveaxis(ids, time_axis, 0)
+
+
+def step_mask(lengths: Array | None, num_steps: int, batch_shape: tuple[int, ...]) -> Array:
+    """Booleans ``[T, *B]``: True at valid steps (all of them when ``lengths`` is None)."""
+    if lengths is None:
+        return jnp.ones((num_steps, *batch_shape), bool)
+    lengths = jnp.asarray(lengths)
+    steps = jnp.arange(num_steps, dtype=lengths.dtype).reshape(-1, *([1] * lengths.ndim))
+    return jnp.broadcast_to(steps, (num_steps, *batch_shape)) < jnp.broadcast_to(
+        lengths[None], (num_steps, *batch_shape)
+    )
+
+
+def zero_padded(ys: Array, mask: Array) -> Array:
+    """``ys [T, *B, F]`` with the steps where ``mask [T, *B]`` is False set to zero."""
+    return jnp.where(jnp.broadcast_to(mask[..., None], ys.shape), ys, jnp.zeros_like(ys))
+
+
+def check_lengths(lengths, batch_shape: tuple[int, ...], num_steps: int, where: str):
+    """``lengths`` checked as :func:`seqjax.unroll` checks it (None passes through)."""
+    if lengths is None:
+        return None
+    return _checks.lengths_array(lengths, tuple(batch_shape), num_steps, where)
