@@ -118,3 +118,29 @@ def adding_problem(key, num_steps: int, batch_size: int):
     marker = ((steps == first[None]) | (steps == second[None])).astype(jnp.float32)
     targets = jnp.sum(values * marker, axis=0)
     return jnp.stack([values, marker], axis=-1), targets
+
+
+def sunspots() -> tuple[np.ndarray, np.ndarray]:
+    """Yearly mean sunspot numbers, 1700-2008: a real series for forecasting benchmarks.
+
+    The classic Wolf/Zurich yearly sunspot series (309 values, an 11-year cycle of varying
+    height), read from the copy that ships inside statsmodels (no download; needs the
+    optional extra ``pip install "seqjax[series]"``, i.e. statsmodels; pandas is not loaded).
+
+    Returns:
+        ``(years [309], values [309])``, float64 NumPy arrays.
+
+    Raises:
+        ImportError: statsmodels is not installed.
+    """
+    import importlib.resources
+
+    try:
+        folder = importlib.resources.files("statsmodels") / "datasets" / "sunspots"
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            "sunspots: the series ships with statsmodels: pip install statsmodels "
+            '(or "seqjax[series]")'
+        ) from err
+    table = np.loadtxt(str(folder / "sunspots.csv"), delimiter=",", skiprows=1)
+    return table[:, 0], table[:, 1]

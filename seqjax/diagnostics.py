@@ -7,6 +7,10 @@
 * :func:`state_jacobians` gives the one-step Jacobians ``J_t = dh_t / dh_{t-1}`` along a
   trajectory; :func:`jacobian_summary` their singular values and spectral radii, and the
   norm of the products ``dh_T / dh_t`` that backpropagation multiplies together.
+* :func:`carry_trajectory` keeps the whole state after every step and
+  :func:`unit_correlations` finds the units that track a property of the input (inside a
+  string, the column in a line): the material of hidden-state pictures
+  (:func:`seqjax.plots.plot_hidden_states`).
 """
 
 from __future__ import annotations
@@ -78,6 +82,79 @@ def carry_gradients(
 def gradient_norms(grads: PyTree) -> Array:
     """L2 norm over the features of every leaf together: ``[T, *B, H]`` leaves -> ``[T, *B]``."""
     return jnp.sqrt(sum(jnp.sum(g**2, axis=-1) for g in jax.tree.leaves(grads)))
+
+
+def carry_trajectory(cell: Cell, params: PyTree, xs: Array, carry: PyTree | None = None) -> PyTree:
+    """The carry after every step: the whole state, not only the output (an LSTM's ``c`` too).
+
+    For hidden-state pictures: :func:`seqjax.unroll` returns only the outputs ``y`` (an
+    LSTM's ``h``); this keeps every carry leaf. Works for any cell, including a
+    :class:`seqjax.Stack` of cells (whose carry is one entry per layer).
+
+    Args:
+        cell: any cell.
+        params: its parameters.
+        xs: inputs ``[T, *B, I]`` (time-major).
+        carry: the initial carry (zeros when None).
+
+    Returns:
+        A carry-shaped pytree whose leaves are ``[T, *B, H]``: entry ``t`` is the carry
+        after reading ``xs[t]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from seqjax import LSTMCell
+        >>> cell = LSTMCell(2, 8)
+        >>> states = carry_trajectory(cell, cell.init(jax.random.key(0)), jnp.ones((5, 2)))
+        >>> states.c.shape                                        # [T, H]
+        (5, 8)
+    """
+    xs = _checks.floating_array("xs", xs, "carry_trajectory")
+    if xs.ndim < 2:
+        raise ValueError(f"carry_trajectory: xs must be [T, *B, I]; got shape {xs.shape}")
+    _checks.feature_size("xs", xs.shape, cell.input_size, "carry_trajectory")
+    if carry is None:
+        carry = cell.init_carry(xs.shape[1:-1], xs.dtype)
+
+    def body(c, x):
+        c, _ = cell.apply(params, c, x)
+        return c, c
+
+    return jax.lax.scan(body, carry, xs)[1]
+
+
+def unit_correlations(states: Array, features: Array) -> Array:
+    """Pearson correlation of every unit with every feature over time: which unit tracks what.
+
+    Args:
+        states: ``[T, H]`` unit activations along one sequence.
+        features: ``[T, K]`` quantities per step (e.g. "inside a string", the column in a
+            line of text).
+
+    Returns:
+        ``[H, K]`` correlations in ``[-1, 1]``; 0 where a unit or a feature is constant.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> t = jnp.arange(10.0)
+        >>> states = jnp.stack([t, -t, jnp.ones(10)], axis=1)         # [T, H=3]
+        >>> unit_correlations(states, t[:, None]).ravel().round(3).tolist()
+        [1.0, -1.0, 0.0]
+    """
+    states = _checks.floating_array("states", states, "unit_correlations")
+    features = _checks.floating_array("features", features, "unit_correlations")
+    if states.ndim != 2 or features.ndim != 2 or states.shape[0] != features.shape[0]:
+        raise ValueError(
+            "unit_correlations: states must be [T, H] and features [T, K] with the same T; "
+            f"got shapes {states.shape} and {features.shape}"
+        )
+    features = features.astype(states.dtype)
+    a = states - states.mean(axis=0, keepdims=True)
+    b = features - features.mean(axis=0, keepdims=True)
+    covariance = a.T @ b  # [H, K]
+    scale = jnp.sqrt(jnp.sum(a**2, axis=0))[:, None] * jnp.sqrt(jnp.sum(b**2, axis=0))[None, :]
+    safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
+    return jnp.where(scale > 0, covariance / safe, jnp.zeros_like(covariance))
 
 
 def state_jacobians(cell: Cell, params: PyTree, xs: Array, carry: PyTree | None = None) -> Array:

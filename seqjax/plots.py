@@ -52,12 +52,19 @@ def plot_gradient_flow(
     return os.fspath(path)
 
 
+def _char_label(c: str) -> str:
+    return "\u2423" if c == " " else repr(c)[1:-1]  # open box for a space, \\n for a newline
+
+
 def plot_hidden_states(
     states: np.ndarray,
     path: str | os.PathLike,
     *,
     labels: Sequence[str] | None = None,
-    units: int = 32,
+    units: int | Sequence[int] = 32,
+    unit_labels: Sequence[str] | None = None,
+    wrap: int | None = None,
+    vmax: float | None = None,
     title: str = "",
 ) -> str:
     """Heatmap of hidden units (rows) over time steps (columns), as in char-RNN pictures.
@@ -65,22 +72,209 @@ def plot_hidden_states(
     Args:
         states: ``[T, H]`` hidden states of one sequence.
         path: where to write the PNG.
-        labels: one label per step (e.g. the characters read), shown under the columns.
-        units: show the first this many units.
+        labels: one label per step (e.g. the characters read), shown under the columns;
+            a space is drawn as an open box, a newline as ``\\n``.
+        units: show the first this many units, or the units with these indices, in order.
+        unit_labels: one row label per unit shown (default: the unit's index).
+        wrap: at most this many steps per panel; longer sequences continue in panels below,
+            like lines of text (default: one panel).
+        vmax: the colour scale runs over ``[-vmax, vmax]``; default 1 for states inside
+            ``[-1, 1]`` (tanh units), else the largest absolute value shown.
+        title: the figure's title.
     """
     plt = _pyplot()
-    states = np.asarray(states, np.float64)[:, :units]
-    width, height = max(6.0, 0.25 * len(states)), 0.12 * states.shape[1] + 1.8
-    fig, ax = plt.subplots(figsize=(width, height))
-    image = ax.imshow(states.T, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1)
-    ax.set_ylabel("hidden unit")
-    ax.set_xlabel("time step")
-    if labels is not None:
-        ax.set_xticks(range(len(labels)))
-        shown = ["\u2423" if c == " " else repr(c)[1:-1] for c in labels]  # open box for space
-        ax.set_xticklabels(shown, fontsize=7, family="monospace")
-    ax.set_title(title or "Hidden-state activity")
-    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
+    states = np.asarray(states, np.float64)
+    if states.ndim != 2:
+        raise ValueError(f"plot_hidden_states: states must be [T, H]; got shape {states.shape}")
+    index = np.arange(min(units, states.shape[1])) if isinstance(units, int) else np.asarray(units)
+    states = states[:, index]
+    if unit_labels is None:
+        unit_labels = [str(i) for i in index]
+    if len(unit_labels) != len(index):
+        raise ValueError(
+            f"plot_hidden_states: unit_labels must hold one label per unit shown "
+            f"({len(index)}); got {len(unit_labels)}"
+        )
+    if labels is not None and len(labels) != len(states):
+        raise ValueError(
+            f"plot_hidden_states: labels must hold one label per step ({len(states)}); "
+            f"got {len(labels)}"
+        )
+    largest = float(np.abs(states).max()) if states.size else 1.0
+    vmax = vmax or (1.0 if largest <= 1.0 else largest)
+    steps = len(states)
+    wrap = steps if not wrap else min(wrap, steps)
+    panels = max(1, -(-steps // wrap))
+    row_height = 0.12 if len(index) > 16 else 0.22
+    width = max(6.0, 0.16 * wrap + 1.5 + 0.06 * max(len(u) for u in unit_labels))
+    panel_height = row_height * len(index) + 0.5
+    fig, axes = plt.subplots(panels, 1, figsize=(width, panel_height * panels + 1.3), squeeze=False)
+    for p, ax in enumerate(axes[:, 0]):
+        lo, hi = p * wrap, min((p + 1) * wrap, steps)
+        image = ax.imshow(
+            states[lo:hi].T,
+            aspect="auto",
+            cmap="RdBu_r",
+            vmin=-vmax,
+            vmax=vmax,
+            interpolation="nearest",
+            extent=(lo - 0.5, lo + wrap - 0.5, len(index) - 0.5, -0.5),
+        )
+        ax.set_xlim(lo - 0.5, lo + wrap - 0.5)
+        ax.set_yticks(range(len(index)))
+        ax.set_yticklabels(unit_labels, fontsize=7 if len(index) > 16 else 8)
+        if labels is not None:
+            ax.set_xticks(range(lo, hi))
+            ax.set_xticklabels(
+                [_char_label(c) for c in labels[lo:hi]], fontsize=8, family="monospace"
+            )
+            ax.tick_params(axis="x", length=0, pad=2)
+        ax.set_ylabel("hidden unit")
+    axes[-1, 0].set_xlabel("input read at each step" if labels is not None else "time step")
+    axes[0, 0].set_title(title or "Hidden-state activity")
+    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="activation")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def plot_forecasts(
+    truth: Sequence[float],
+    forecasts: Mapping[str, Sequence[float]],
+    path: str | os.PathLike,
+    *,
+    context: Sequence[float] | None = None,
+    start: int = 0,
+    errors: Mapping[str, Sequence[float]] | None = None,
+    title: str = "",
+    xlabel: str = "time step",
+    ylabel: str = "value",
+) -> str:
+    """Closed-loop forecasts against the truth, with an optional panel of error vs horizon.
+
+    Args:
+        truth: ``[H]`` the true values after the forecast origin.
+        forecasts: ``{label: [H]}`` each model's predictions of them.
+        path: where to write the PNG.
+        context: ``[C]`` observed values before the origin, drawn in grey.
+        start: the time index of the origin (the first forecast step), for the x axis.
+        errors: ``{label: [H]}`` an error (e.g. NRMSE over many origins) per step ahead;
+            drawn in a second panel when given.
+        title, xlabel, ylabel: text of the first panel.
+    """
+    plt = _pyplot()
+    truth = np.asarray(truth, np.float64)
+    panels = 2 if errors else 1
+    fig, axes = plt.subplots(
+        1,
+        panels,
+        figsize=(7.5 + 4.5 * (panels - 1), 4.2),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.6, 1][:panels]},
+    )
+    ax = axes[0, 0]
+    ahead = start + np.arange(len(truth))
+    if context is not None:
+        context = np.asarray(context, np.float64)
+        ax.plot(
+            start - len(context) + np.arange(len(context)),
+            context,
+            color="0.6",
+            linewidth=1.5,
+            label="context (observed)",
+        )
+    ax.plot(ahead, truth, color="black", linewidth=3.2, alpha=0.8, label="truth")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, values) in enumerate(forecasts.items()):
+        ax.plot(
+            ahead,
+            np.asarray(values, np.float64),
+            linewidth=1.4,
+            label=label,
+            color=colours[k % len(colours)],
+            linestyle="--" if k % 2 else "-",
+        )
+    ax.axvline(start - 0.5, color="0.3", linestyle=":", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or "Closed-loop forecasts", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if errors:
+        ax = axes[0, 1]
+        for k, (label, values) in enumerate(errors.items()):
+            values = np.asarray(values, np.float64)
+            ax.plot(
+                np.arange(1, len(values) + 1),
+                values,
+                linewidth=1.4,
+                label=label,
+                color=colours[k % len(colours)],
+                linestyle="--" if k % 2 else "-",
+            )
+        ax.set_xlabel("steps ahead")
+        ax.set_ylabel("NRMSE over all origins")
+        ax.set_title("Error against horizon", fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return os.fspath(path)
+
+
+def plot_jacobian_spectrum(
+    summaries: Mapping[str, Mapping[str, Sequence[float]]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+) -> str:
+    """Spectra of the recurrent Jacobian along a trajectory, one colour per model.
+
+    Three panels: the spectral radius of ``J_t = dh_t / dh_{t-1}`` at each step; its largest
+    and its median singular value (log scale, clipped at 1e-3); and the norm of the product
+    ``dh_T / dh_t`` against the distance ``T - t`` (log scale, clipped at 1e-30), the factor
+    a gradient from the last step is scaled by on its way back.
+
+    Args:
+        summaries: ``{label: summary}`` with each summary from
+            :func:`seqjax.diagnostics.jacobian_summary` (keys ``singular_values`` ``[T, S]``,
+            ``spectral_radius`` ``[T]``, ``product_norm`` ``[T]``).
+        path: where to write the PNG.
+        title: the figure's title.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, (label, summary) in enumerate(summaries.items()):
+        colour = colours[k % len(colours)]
+        radius = np.asarray(summary["spectral_radius"], np.float64)
+        singular = np.asarray(summary["singular_values"], np.float64)
+        product = np.asarray(summary["product_norm"], np.float64)
+        steps = np.arange(len(radius))
+        axes[0].plot(steps, radius, color=colour, linewidth=1.4, label=label)
+        # Dead or saturated units give singular values of 0 (to rounding): clipped at 1e-3.
+        top, median = singular[:, 0], np.median(singular, axis=1)
+        axes[1].semilogy(steps, np.maximum(top, 1e-3), color=colour, linewidth=1.4, label=label)
+        axes[1].semilogy(steps, np.maximum(median, 1e-3), color=colour, linewidth=1.1, ls="--")
+        distance = len(product) - 1 - steps
+        # float32 products underflow to 0 within tens of steps for contracting cells.
+        axes[2].semilogy(
+            distance, np.maximum(product, 1e-30), color=colour, linewidth=1.4, label=label
+        )
+    axes[0].axhline(1.0, color="0.3", linestyle=":", linewidth=1)
+    axes[0].set_ylabel(r"spectral radius of $J_t = \partial h_t / \partial h_{t-1}$")
+    axes[1].axhline(1.0, color="0.3", linestyle=":", linewidth=1)
+    axes[1].set_ylabel(r"singular values of $J_t$ (clipped at $10^{-3}$)")
+    axes[1].set_title("solid: largest, dashed: median", fontsize=9)
+    for ax in axes[:2]:
+        ax.set_xlabel("time step t")
+    axes[2].set_xlabel("distance T - t (steps back from the last state)")
+    axes[2].set_ylabel(r"$\|\partial h_T / \partial h_t\|_2$ (clipped at $10^{-30}$)")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or "Recurrent Jacobian along a trajectory")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
