@@ -11,7 +11,9 @@ Correspondence (``G`` is the gate width: ``H`` Elman, ``4H`` LSTM, ``3H`` GRU; g
 are in the same order on both sides, LSTM i, f, g, o and GRU r, z, n):
 
 * ``ElmanCell`` with ``jnp.tanh`` / ``jax.nn.relu``: ``nn.RNN(nonlinearity='tanh' / 'relu')``;
-  ``LSTMCell``: ``nn.LSTM`` without ``proj_size``; ``GRUCell(reset_after=True)``: ``nn.GRU``.
+  ``LSTMCell``: ``nn.LSTM`` without ``proj_size``; ``GRUCell(reset_after=True)``: ``nn.GRU``;
+  ``LSTMProjCell(I, hidden_size=P, cell_size=C)``: ``nn.LSTM(I, hidden_size=C, proj_size=P)``
+  (seqjax's ``hidden_size`` is always the size of ``h``, which the projection makes ``P``).
 * A cell is a 1-layer unidirectional module; ``Bidirectional(cell, cell)`` a 1-layer module
   with ``bidirectional=True``; a ``Stack`` of either a multi-layer module, layer ``k`` being
   the keys ending ``_l{k}`` and its backward direction ``_l{k}_reverse``.
@@ -20,6 +22,9 @@ are in the same order on both sides, LSTM i, f, g, o and GRU r, z, n):
   ``bias_ih = b, bias_hh = 0``; a GRU's ``b_x, b_h`` are ``bias_ih, bias_hh``.
 * A carry (an array ``h`` or an ``LSTMCarry(h, c)`` per cell) is ``h_0`` / ``(h_0, c_0)``
   ``[L * D, *B, H]`` (``L`` layers, ``D`` directions), entry ``layer * D + direction``.
+* With a projection, ``w_h [P, 4C]`` is ``weight_hh [4C, P]`` transposed, the extra
+  ``w_r [C, P]`` is ``weight_hr [P, C]`` transposed, and ``h_0`` is ``[L * D, *B, P]`` while
+  ``c_0`` is ``[L * D, *B, C]``.
 
 Exporting and importing back gives bit-identical parameters. Importing and exporting PyTorch
 weights gives the same function (Elman and LSTM biases come back summed into ``bias_ih``).
@@ -43,6 +48,8 @@ from seqjax.cells import (
     LSTMCarry,
     LSTMCell,
     LSTMParams,
+    LSTMProjCell,
+    LSTMProjParams,
 )
 from seqjax.layers import Bidirectional, BidirectionalCarry, BidirectionalParams, Stack
 
@@ -76,7 +83,13 @@ def _torch_mode(cell, where: str) -> str:
             f"{where}: nn.RNN supports only the activations jnp.tanh ('tanh') and jax.nn.relu "
             f"('relu'); got an ElmanCell with activation {cell.activation!r}"
         )
-    if isinstance(cell, LSTMCell):
+    if isinstance(cell, LSTMProjCell) and cell.hidden_size >= cell.cell_size:
+        raise ValueError(
+            f"{where}: nn.LSTM needs proj_size < hidden_size, i.e. an LSTMProjCell with "
+            f"hidden_size < cell_size; got hidden_size={cell.hidden_size}, "
+            f"cell_size={cell.cell_size}"
+        )
+    if isinstance(cell, LSTMCell | LSTMProjCell):
         return "LSTM"
     if isinstance(cell, GRUCell):
         if not cell.reset_after:
@@ -88,7 +101,8 @@ def _torch_mode(cell, where: str) -> str:
             )
         return "GRU"
     raise TypeError(
-        f"{where}: expected an ElmanCell, LSTMCell or GRUCell; got {type(cell).__name__}"
+        f"{where}: expected an ElmanCell, LSTMCell, LSTMProjCell or GRUCell; got "
+        f"{type(cell).__name__}"
     )
 
 
@@ -99,7 +113,7 @@ def _layout(model, where: str) -> tuple[tuple[Any, ...], ...]:
     for layer in layers:
         if isinstance(layer, Bidirectional):
             layout.append((layer.forward, layer.backward))
-        elif isinstance(layer, ElmanCell | LSTMCell | GRUCell):
+        elif isinstance(layer, ElmanCell | LSTMCell | LSTMProjCell | GRUCell):
             layout.append((layer,))
         else:
             raise TypeError(
@@ -108,16 +122,27 @@ def _layout(model, where: str) -> tuple[tuple[Any, ...], ...]:
                 + (" inside a Stack" if layer is not model else "")
             )
     cells = [cell for pair in layout for cell in pair]
-    modes = {_torch_mode(cell, where) for cell in cells}
+    modes = {_torch_mode(cell, where) + ("+proj" if _proj(cell) else "") for cell in cells}
     directions = {len(pair) for pair in layout}
     hidden_sizes = {cell.hidden_size for cell in cells}
-    if len(modes) > 1 or len(directions) > 1 or len(hidden_sizes) > 1:
+    cell_sizes = {cell.cell_size for cell in cells if _proj(cell)}  # PyTorch's hidden_size
+    if len(modes) > 1 or len(directions) > 1 or len(hidden_sizes) > 1 or len(cell_sizes) > 1:
         raise ValueError(
             f"{where}: a PyTorch module has one kind of cell, one hidden_size and either every "
             f"layer bidirectional or none; got cells {sorted(modes)}, hidden sizes "
             f"{sorted(hidden_sizes)} and {sorted(directions)} directions per layer"
+            + (f" (LSTMProjCell cell_size {sorted(cell_sizes)})" if cell_sizes else "")
         )
     return tuple(layout)
+
+
+def _proj(cell) -> bool:
+    """Whether ``cell`` is an LSTM with a projection (PyTorch's ``proj_size``)."""
+    return isinstance(cell, LSTMProjCell)
+
+
+def _keys(cell) -> tuple[str, ...]:
+    return (*_KEYS, "weight_hr") if _proj(cell) else _KEYS
 
 
 def _suffix(layer: int, direction: int) -> str:
@@ -131,10 +156,12 @@ def _from_tensor(value):
 
 def _shapes(cell, mode: str) -> dict[str, tuple[int, ...]]:
     """The seqjax params shapes of ``cell``, by field name."""
-    gates = _GATES[mode] * cell.hidden_size
+    width = cell.cell_size if _proj(cell) else cell.hidden_size
+    gates = _GATES[mode] * width
     weights = {"w_x": (cell.input_size, gates), "w_h": (cell.hidden_size, gates)}
     biases = {"b_x": (gates,), "b_h": (gates,)} if mode == "GRU" else {"b": (gates,)}
-    return weights | biases
+    projection = {"w_r": (width, cell.hidden_size)} if _proj(cell) else {}
+    return weights | biases | projection
 
 
 _PARAMS_TYPES = {
@@ -145,13 +172,20 @@ _PARAMS_TYPES = {
 }
 
 
+def _params_type(cell, mode: str):
+    return LSTMProjParams if _proj(cell) else _PARAMS_TYPES[mode]
+
+
 def _describe(cell) -> str:
     """``LSTMCell(3, 5)``: the cell without the long repr of an activation function."""
+    if _proj(cell):
+        return f"LSTMProjCell({cell.input_size}, {cell.hidden_size}, cell_size={cell.cell_size})"
     return f"{type(cell).__name__}({cell.input_size}, {cell.hidden_size})"
 
 
 def _cell_from_torch(cell, arrays: dict[str, Any], suffix: str, where: str) -> PyTree:
-    """Params for ``cell`` from the four PyTorch arrays (biases may be None)."""
+    """Params for ``cell`` from the four (five, with a projection) PyTorch arrays (biases may
+    be None)."""
     mode = _torch_mode(cell, where)
     shapes = _shapes(cell, mode)
     torch_shapes = {
@@ -162,6 +196,10 @@ def _cell_from_torch(cell, arrays: dict[str, Any], suffix: str, where: str) -> P
     }
     letters = {"weight_ih": "[G, I]", "weight_hh": "[G, H]", "bias_ih": "[G]", "bias_hh": "[G]"}
     gate_width = f"{_GATES[mode]}H" if _GATES[mode] > 1 else "H"
+    if _proj(cell):
+        torch_shapes["weight_hr"] = shapes["w_r"][::-1]
+        letters |= {"weight_hh": "[G, P]", "weight_hr": "[P, C]"}
+        gate_width = "4C"
     arrays = {key: None if a is None else np.asarray(_from_tensor(a)) for key, a in arrays.items()}
     dtype = arrays["weight_ih"].dtype
     for key, array in arrays.items():
@@ -188,13 +226,16 @@ def _cell_from_torch(cell, arrays: dict[str, Any], suffix: str, where: str) -> P
     # An all-zero bias_hh (what export writes) is skipped rather than added, so that an
     # export-import round trip keeps every bit, the sign of zero included.
     b = bias_ih + bias_hh if bias_hh.any() else bias_ih
+    if _proj(cell):
+        w_r = jnp.asarray(arrays["weight_hr"].T)
+        return LSTMProjParams(w_x=w_x, w_h=w_h, b=jnp.asarray(b), w_r=w_r)
     return _PARAMS_TYPES[mode](w_x=w_x, w_h=w_h, b=jnp.asarray(b))
 
 
 def _cell_to_torch(cell, params, suffix: str, where: str) -> dict[str, np.ndarray]:
-    """The four PyTorch arrays, keyed with ``suffix``, for ``cell``'s ``params``."""
+    """The four (five) PyTorch arrays, keyed with ``suffix``, for ``cell``'s ``params``."""
     mode = _torch_mode(cell, where)
-    params_type = _PARAMS_TYPES[mode]
+    params_type = _params_type(cell, mode)
     if not isinstance(params, params_type):
         raise TypeError(
             f"{where}: params{suffix} for {_describe(cell)} must be a {params_type.__name__}; "
@@ -219,10 +260,14 @@ def _cell_to_torch(cell, params, suffix: str, where: str) -> dict[str, np.ndarra
         "bias_ih": bias_ih,
         "bias_hh": bias_hh,
     }
+    if _proj(cell):
+        arrays["weight_hr"] = np.array(np.asarray(params.w_r).T, order="C")
     return {key + suffix: array for key, array in arrays.items()}
 
 
-def cell_params_from_torch(cell, weight_ih, weight_hh, bias_ih=None, bias_hh=None) -> PyTree:
+def cell_params_from_torch(
+    cell, weight_ih, weight_hh, bias_ih=None, bias_hh=None, weight_hr=None
+) -> PyTree:
     """Params for one cell from PyTorch's weights (e.g. of ``nn.LSTMCell``).
 
     Args:
@@ -232,12 +277,16 @@ def cell_params_from_torch(cell, weight_ih, weight_hh, bias_ih=None, bias_hh=Non
         weight_hh: ``[G, H]`` recurrent weights.
         bias_ih: ``[G]`` input bias; zeros when None (PyTorch's ``bias=False``).
         bias_hh: ``[G]`` recurrent bias; zeros when None.
+        weight_hr: ``[P, C]`` projection of an :class:`~seqjax.LSTMProjCell` (``P`` its
+            ``hidden_size``, ``C`` its ``cell_size``; ``G = 4C`` and ``weight_hh`` is
+            ``[4C, P]``); required for that cell, None for every other.
 
-    All four are NumPy arrays (or torch tensors) of one floating dtype, which the params keep.
+    All are NumPy arrays (or torch tensors) of one floating dtype, which the params keep.
 
     Returns:
-        The cell's params (``ElmanParams``, ``LSTMParams`` or ``GRUParams``). Elman and LSTM
-        params get ``b = bias_ih + bias_hh``; GRU params keep the two biases apart.
+        The cell's params (``ElmanParams``, ``LSTMParams``, ``LSTMProjParams`` or
+        ``GRUParams``). Elman and LSTM params get ``b = bias_ih + bias_hh``; GRU params keep
+        the two biases apart.
 
     Raises:
         TypeError: ``cell`` is not one of those cells, or a dtype differs or is not floating.
@@ -257,8 +306,15 @@ def cell_params_from_torch(cell, weight_ih, weight_hh, bias_ih=None, bias_hh=Non
         ((3, 8), (2, 8), True)
     """
     arrays = dict(weight_ih=weight_ih, weight_hh=weight_hh, bias_ih=bias_ih, bias_hh=bias_hh)
-    for key in ("weight_ih", "weight_hh"):
-        if arrays[key] is None:
+    if _proj(cell):
+        arrays["weight_hr"] = weight_hr
+    elif weight_hr is not None:
+        raise ValueError(
+            "cell_params_from_torch: weight_hr is the projection of an LSTMProjCell; got one "
+            f"for {type(cell).__name__}"
+        )
+    for key in ("weight_ih", "weight_hh", "weight_hr"):
+        if key in arrays and arrays[key] is None:
             raise ValueError(f"cell_params_from_torch: {key} is required; got None")
     return _cell_from_torch(cell, arrays, "", "cell_params_from_torch")
 
@@ -273,7 +329,9 @@ def cell_params_to_torch(cell, params: PyTree) -> dict[str, np.ndarray]:
     Returns:
         ``{"weight_ih": [G, I], "weight_hh": [G, H], "bias_ih": [G], "bias_hh": [G]}`` as
         NumPy arrays of the params' dtype, loadable into ``nn.RNNCell`` / ``nn.LSTMCell`` /
-        ``nn.GRUCell``. Elman and LSTM cells export ``bias_ih = b`` and ``bias_hh = 0``.
+        ``nn.GRUCell``. Elman and LSTM cells export ``bias_ih = b`` and ``bias_hh = 0``. An
+        :class:`~seqjax.LSTMProjCell` adds ``"weight_hr": [P, C]`` (PyTorch has no
+        single-cell module with a projection; these are the ``nn.LSTM`` arrays unsuffixed).
 
     Raises:
         TypeError: ``cell`` is unsupported or ``params`` is not its params type.
@@ -302,7 +360,9 @@ def params_from_torch(model, state_dict: dict[str, Any]) -> PyTree:
         state_dict: ``{"weight_ih_l{k}[_reverse]": [G, I_k], "weight_hh_l{k}[_reverse]":
             [G, H], "bias_ih_l{k}[_reverse]": [G], "bias_hh_l{k}[_reverse]": [G]}`` with NumPy
             arrays or torch tensors; the biases may all be absent (``bias=False``). Strip any
-            module prefix (``"encoder.rnn."``) from the keys first.
+            module prefix (``"encoder.rnn."``) from the keys first. An ``nn.LSTM`` with
+            ``proj_size`` adds ``"weight_hr_l{k}[_reverse]": [P, C]`` and matches
+            :class:`~seqjax.LSTMProjCell` layers (``hidden_size = P``, ``cell_size = C``).
 
     Returns:
         Params in the model's structure: the cell's params, ``BidirectionalParams`` or a
@@ -331,7 +391,7 @@ def params_from_torch(model, state_dict: dict[str, Any]) -> PyTree:
         key + _suffix(layer, direction)
         for layer, cells in enumerate(layout)
         for direction in range(len(cells))
-        for key in _KEYS
+        for key in _keys(cells[0])
     ]
     has_bias = any(key.startswith("bias_") for key in state_dict)
     missing = [key for key in expected if key not in state_dict and (has_bias or "weight" in key)]
@@ -342,14 +402,15 @@ def params_from_torch(model, state_dict: dict[str, Any]) -> PyTree:
             f"{where}: state_dict does not match {module} with num_layers={len(layout)}, "
             f"bidirectional={len(layout[0]) == 2}: missing keys {missing}, unexpected keys "
             f"{unexpected} (strip any module prefix such as 'rnn.' from the keys first; "
-            "LSTM proj_size, whose weights are weight_hr_l*, has no seqjax counterpart)"
+            "an nn.LSTM with proj_size, whose weights include weight_hr_l*, matches "
+            "LSTMProjCell layers)"
         )
     params = []
     for layer, cells in enumerate(layout):
         directions = []
         for direction, cell in enumerate(cells):
             suffix = _suffix(layer, direction)
-            arrays = {key: state_dict.get(key + suffix) for key in _KEYS}
+            arrays = {key: state_dict.get(key + suffix) for key in _keys(cell)}
             directions.append(_cell_from_torch(cell, arrays, suffix, where))
         params.append(BidirectionalParams(*directions) if len(cells) == 2 else directions[0])
     return tuple(params) if isinstance(model, Stack) else params[0]
@@ -415,12 +476,15 @@ def _per_direction(cells, tree, pair_type, name: str, where: str) -> tuple:
     return tuple(tree)
 
 
-def _state(name: str, value, layout, where: str) -> Array:
+def _state(name: str, value, layout, where: str, size: int | None = None) -> Array:
+    """``value`` as ``[L * D, *B, size]``; ``size`` is the cells' ``hidden_size`` by default."""
     value = jnp.asarray(_from_tensor(value))
-    count, hidden = len(layout) * len(layout[0]), layout[0][0].hidden_size
+    count = len(layout) * len(layout[0])
+    hidden = layout[0][0].hidden_size if size is None else size
+    letter = "H" if size is None else "C"
     if value.ndim < 2 or value.shape[0] != count or value.shape[-1] != hidden:
         raise ValueError(
-            f"{where}: {name} must have shape [L * D, *B, H] = [{count}, *B, {hidden}] "
+            f"{where}: {name} must have shape [L * D, *B, {letter}] = [{count}, *B, {hidden}] "
             f"({len(layout)} layers, {len(layout[0])} directions); got shape {value.shape}"
         )
     return value
@@ -436,6 +500,9 @@ def carry_from_torch(model, h0, c0=None) -> PyTree:
         h0: ``[L * D, *B, H]`` (``L`` layers, ``D`` directions), entry ``layer * D +
             direction``, as PyTorch lays out ``h_0`` (batch-major modules included).
         c0: ``[L * D, *B, H]``, the LSTM cell state; required for LSTMs, None otherwise.
+            With :class:`~seqjax.LSTMProjCell` layers ``h0`` is ``[L * D, *B, P]`` and
+            ``c0`` ``[L * D, *B, C]`` (``P`` their ``hidden_size``, ``C`` their
+            ``cell_size``).
 
     Returns:
         The carry in the model's structure: per cell an array ``[*B, H]`` or an
@@ -455,7 +522,7 @@ def carry_from_torch(model, h0, c0=None) -> PyTree:
     """
     where = "carry_from_torch"
     layout = _layout(model, where)
-    lstm = isinstance(layout[0][0], LSTMCell)
+    lstm = isinstance(layout[0][0], LSTMCell | LSTMProjCell)
     h0 = _state("h0", h0, layout, where)
     if lstm and c0 is None:
         raise ValueError(f"{where}: an LSTM state needs c0 as well as h0; got c0=None")
@@ -463,7 +530,14 @@ def carry_from_torch(model, h0, c0=None) -> PyTree:
         raise ValueError(
             f"{where}: c0 is the LSTM cell state; got one for {_describe(layout[0][0])}"
         )
-    if lstm:
+    if lstm and _proj(layout[0][0]):  # c0 is [L * D, *B, C], h0 [L * D, *B, P]
+        c0 = _state("c0", c0, layout, where, size=layout[0][0].cell_size)
+        if c0.shape[:-1] != h0.shape[:-1]:
+            raise ValueError(
+                f"{where}: c0 must have the shape of h0 but for its last axis (C), "
+                f"{h0.shape[:-1]} + (C,); got shape {c0.shape}"
+            )
+    elif lstm:
         c0 = _state("c0", c0, layout, where)
         if c0.shape != h0.shape:
             raise ValueError(
@@ -507,7 +581,7 @@ def carry_to_torch(model, carry: PyTree) -> Array | tuple[Array, Array]:
     states = []
     for layer, (cells, c) in enumerate(zip(layout, layer_carries, strict=True)):
         states.extend(_per_direction(cells, c, BidirectionalCarry, f"carry[{layer}]", where))
-    if not isinstance(layout[0][0], LSTMCell):
+    if not isinstance(layout[0][0], LSTMCell | LSTMProjCell):
         return jnp.stack(states)
     if not all(isinstance(state, LSTMCarry) for state in states):
         raise TypeError(
