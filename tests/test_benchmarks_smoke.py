@@ -35,7 +35,7 @@ SHAPE_KEYS = {"dtype", "config", "B", "T", "I", "H"}
 
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("[!_]*.py"))
 # Scripts that compare against an optional peer library skip cleanly without it.
-NEEDS = {"char_lm_vs_torch": "torch"}
+NEEDS = {"char_lm_vs_torch": "torch", "esn_vs_reservoirpy": "reservoirpy"}
 
 
 def run_quick(script: str, out: Path) -> tuple[list[dict], str]:

@@ -1,0 +1,459 @@
+"""Echo-state networks: readouts (ridge, online RLS, gradient), and closed-loop forecasting.
+
+The reservoir is :class:`seqjax.EchoStateCell`, a cell like any other, so its states come
+from :func:`seqjax.unroll` (``_, states = unroll(cell, params, xs)``); this module fits and
+runs the linear readout on them. :class:`EchoStateNetwork` bundles cell and readout for the
+common path::
+
+    esn = EchoStateNetwork(EchoStateCell(1, 500, spectral_radius=1.25, leak_rate=0.3), 1)
+    params = esn.fit(esn.init(key), xs, ys, ridge=1e-6, washout=100)   # ridge readout
+    _, predictions = esn.forecast(params, warmup, num_steps=84)        # closed loop
+
+Readout features are the reservoir state ``x_t`` ``[*B, H]``, followed by the input
+``u_t`` ``[*B, I]`` when ``input_to_readout`` (``F = H`` or ``H + I``); a readout is a
+:class:`seqjax.DenseParams` ``(w [F, O], b [O])``, ``y = features @ w + b``.
+
+Gradient training goes through :mod:`seqjax.train` unchanged: the fixed reservoir leaves sit
+behind ``lax.stop_gradient`` (see ``EchoStateCell.trainable``), so their gradients are zero
+and Adam leaves them where they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax import _checks
+from seqjax._types import Array, PRNGKey
+from seqjax.cells._common import affine
+from seqjax.cells._esn import EchoStateCell, EchoStateParams, spectral_radius
+from seqjax.layers import DenseParams
+from seqjax.unroll import unroll
+
+__all__ = [
+    "EchoStateCell",
+    "EchoStateNetwork",
+    "EchoStateNetworkParams",
+    "EchoStateParams",
+    "RLSState",
+    "forecast",
+    "nrmse",
+    "readout_features",
+    "ridge_regression",
+    "rls_init",
+    "rls_regression",
+    "rls_step",
+    "spectral_radius",
+]
+
+
+def readout_features(states: Array, inputs: Array | None = None) -> Array:
+    """``[..., H]`` states, and optionally ``[..., I]`` inputs, as readout features ``[..., F]``."""
+    if inputs is None:
+        return states
+    if inputs.shape[:-1] != states.shape[:-1]:
+        raise ValueError(
+            f"readout_features: inputs must match the states' leading shape {states.shape[:-1]}; "
+            f"got shape {inputs.shape}"
+        )
+    return jnp.concatenate([states, inputs.astype(states.dtype)], axis=-1)
+
+
+def _rows(name: str, a: Array, washout: int, time_axis: int, where: str) -> Array:
+    """``a`` ``[T, *B, F]`` (time on ``time_axis``) without its first ``washout`` steps, as
+    rows ``[N, F]``."""
+    a = _checks.floating_array(name, a, where)
+    axis = _checks.time_axis_of(name, a.shape, time_axis, where)
+    a = jnp.moveaxis(a, axis, 0)
+    if not 0 <= washout < a.shape[0]:
+        raise ValueError(
+            f"{where}: washout must lie in [0, T) = [0, {a.shape[0]}); got {washout!r}"
+        )
+    return a[washout:].reshape(-1, a.shape[-1])
+
+
+def ridge_regression(
+    features: Array,
+    targets: Array,
+    *,
+    ridge: float = 0.0,
+    washout: int = 0,
+    fit_bias: bool = True,
+    time_axis: int = 0,
+) -> DenseParams:
+    """Closed-form ridge readout: ``argmin ||X w + b - Y||^2 + ridge ||w||^2`` (bias free).
+
+    The rows are every step after the first ``washout`` of every series, pooled: one readout
+    for all series. For one readout per series, ``jax.vmap`` over the batch axis (example
+    below). With ``fit_bias`` the bias is not penalised (features and targets are centred, as
+    in ReservoirPy's ``Ridge`` and scikit-learn's ``Ridge``). Solved by a thin SVD of the
+    centred features, ``w = V diag(s / (s^2 + ridge)) U^T Y``, never by forming ``X^T X``,
+    whose condition number is the square of ``X``'s: that keeps float32 states usable with the
+    tiny ridges ESNs need. ``ridge = 0`` gives the minimum-norm least-squares solution (what
+    ``numpy.linalg.lstsq`` returns).
+
+    Args:
+        features: ``[T, *B, F]`` (time on ``time_axis``), e.g. from :func:`readout_features`.
+        targets: ``[T, *B, O]``, in the same layout.
+        ridge: the L2 penalty ``>= 0`` on ``w``.
+        washout: leading steps of each series left out (the reservoir's transient).
+        fit_bias: fit ``b`` (True) or fix it at zero.
+        time_axis: the time axis of both arrays.
+
+    Returns:
+        :class:`seqjax.DenseParams` ``(w [F, O], b [O])``.
+
+    Example:
+        >>> import functools, jax, jax.numpy as jnp
+        >>> xs = jax.random.normal(jax.random.key(0), (100, 5, 3))        # [T, B, F]
+        >>> ys = xs @ jnp.array([[1.0], [2.0], [-1.0]]) + 0.5              # [T, B, O]
+        >>> readout = ridge_regression(xs, ys, washout=10)                 # pooled
+        >>> [round(float(v), 3) for v in readout.w[:, 0]], round(float(readout.b[0]), 3)
+        ([1.0, 2.0, -1.0], 0.5)
+        >>> fit = functools.partial(ridge_regression, ridge=1e-3, time_axis=0)
+        >>> per_series = jax.vmap(fit, in_axes=1)(xs, ys)                  # one per series
+        >>> per_series.w.shape
+        (5, 3, 1)
+    """
+    where = "ridge_regression"
+    x = _rows("features", features, washout, time_axis, where)
+    y = _rows("targets", targets, washout, time_axis, where)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"{where}: targets must have the time and batch shape of features "
+            f"{features.shape[:-1]}; got shape {targets.shape}"
+        )
+    y = y.astype(x.dtype)
+    if fit_bias:
+        x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+        x = x - jnp.broadcast_to(x_mean, x.shape)
+        y = y - jnp.broadcast_to(y_mean, y.shape)
+    u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+    ridge = jnp.asarray(ridge, x.dtype)
+    # s / (s^2 + ridge), with directions of zero singular value dropped (pseudo-inverse).
+    cutoff = jnp.finfo(x.dtype).eps * max(x.shape) * jnp.max(s, initial=0.0)
+    keep = (s > cutoff) | (ridge > 0)
+    denom = jnp.where(keep, s * s + ridge, 1.0)
+    gain = jnp.where(keep, s / denom, 0.0)
+    w = vt.T @ (jnp.broadcast_to(gain[:, None], (s.shape[0], y.shape[1])) * (u.T @ y))
+    if fit_bias:
+        b = y_mean - x_mean @ w
+    else:
+        b = jnp.zeros((y.shape[1],), x.dtype)
+    return DenseParams(w=w, b=b)
+
+
+class RLSState(NamedTuple):
+    """State of the online recursive-least-squares readout."""
+
+    readout: DenseParams  # w [F, O], b [O]
+    p: Array  # [F + 1, F + 1] inverse correlation of the bias-augmented features [x, 1]
+
+
+def rls_init(
+    num_features: int, num_outputs: int, *, alpha: float = 1.0, dtype=jnp.float32
+) -> RLSState:
+    """A zero readout and ``P = I / alpha`` (``alpha``: the initial ridge on every weight)."""
+    size = num_features + 1
+    return RLSState(
+        readout=DenseParams(
+            w=jnp.zeros((num_features, num_outputs), dtype), b=jnp.zeros((num_outputs,), dtype)
+        ),
+        p=jnp.eye(size, dtype=dtype) / jnp.asarray(alpha, dtype),
+    )
+
+
+def rls_step(
+    state: RLSState, feature: Array, target: Array, *, forgetting: float = 1.0
+) -> tuple[RLSState, Array]:
+    """One recursive-least-squares update from one step's ``feature [F]`` and ``target [O]``.
+
+    The FORCE rule of Sussillo & Abbott (Neuron 63, 2009) is this update applied while the
+    network runs: ``k = P r / (lambda + r^T P r)``, ``e = r^T W - y`` (the error before the
+    update), ``W <- W - k e^T``, ``P <- (P - k r^T P) / lambda``, with ``r = [x, 1]`` so the
+    bias is learned as a weight. With ``forgetting = lambda = 1`` the readout after ``n``
+    steps is exactly the ridge solution with penalty ``alpha`` on all weights and the bias.
+
+    Returns:
+        ``(state, prediction)``: the updated state and the output *before* the update
+        ``[O]`` (the online prediction).
+    """
+    w, b = state.readout
+    r = jnp.concatenate([feature, jnp.ones((1,), feature.dtype)])
+    wb = jnp.concatenate([w, b[None]], axis=0)  # [F + 1, O]
+    prediction = r @ wb
+    pr = state.p @ r
+    k = pr / (forgetting + r @ pr)
+    wb = wb - jnp.outer(k, prediction - target)
+    p = (state.p - jnp.outer(k, pr)) / forgetting
+    return RLSState(DenseParams(w=wb[:-1], b=wb[-1]), p), prediction
+
+
+def rls_regression(
+    features: Array,
+    targets: Array,
+    *,
+    alpha: float = 1.0,
+    forgetting: float = 1.0,
+    washout: int = 0,
+    state: RLSState | None = None,
+) -> tuple[RLSState, Array]:
+    """Online RLS readout over one series, as a ``lax.scan`` of :func:`rls_step`.
+
+    Args:
+        features: ``[T, F]``; ``jax.vmap`` over a batch axis for many series.
+        targets: ``[T, O]``.
+        alpha: initial ridge (``P_0 = I / alpha``) when ``state`` is None.
+        forgetting: ``lambda`` in ``(0, 1]``; below 1 old steps are forgotten.
+        washout: leading steps skipped (no update, prediction zero).
+        state: continue from this state.
+
+    Returns:
+        ``(state, predictions [T, O])``: the final state (``state.readout`` is the readout)
+        and each step's prediction before its update.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> xs = jax.random.normal(jax.random.key(0), (200, 3))
+        >>> ys = xs @ jnp.array([[1.0], [2.0], [-1.0]]) + 0.5
+        >>> state, _ = rls_regression(xs, ys, alpha=1e-6)
+        >>> [round(float(v), 3) for v in state.readout.w[:, 0]]
+        [1.0, 2.0, -1.0]
+    """
+    where = "rls_regression"
+    features = _checks.floating_array("features", features, where)
+    if features.ndim != 2 or targets.ndim != 2 or targets.shape[0] != features.shape[0]:
+        raise ValueError(
+            f"{where}: features must be [T, F] and targets [T, O] with the same T (vmap for "
+            f"batches); got shapes {features.shape} and {targets.shape}"
+        )
+    if not 0 <= washout <= features.shape[0]:
+        raise ValueError(f"{where}: washout must lie in [0, T]; got {washout!r}")
+    if state is None:
+        state = rls_init(features.shape[1], targets.shape[1], alpha=alpha, dtype=features.dtype)
+    targets = targets.astype(features.dtype)
+
+    def body(state, step):
+        return rls_step(state, *step, forgetting=forgetting)
+
+    state, predictions = jax.lax.scan(body, state, (features[washout:], targets[washout:]))
+    skipped = jnp.zeros((washout, targets.shape[1]), predictions.dtype)
+    return state, jnp.concatenate([skipped, predictions])
+
+
+def forecast(
+    cell: EchoStateCell,
+    params: EchoStateParams,
+    readout: DenseParams,
+    warmup: Array,
+    num_steps: int,
+    carry: Array | None = None,
+    *,
+    input_to_readout: bool = False,
+    time_axis: int = 0,
+) -> tuple[Array, Array]:
+    """Closed-loop (generative) forecast after a teacher-forced warm-up.
+
+    The reservoir first reads ``warmup`` (the true inputs ``u_1 .. u_W``); from then on its
+    next input is the readout's own output: ``y_t = readout(x_t [, u_t])``, ``u_{t+1} = y_t``.
+    So ``predictions[0]`` forecasts the step after the warm-up's last input, and
+    ``predictions[k]`` the one ``k + 1`` steps after it. Needs ``O == I``.
+
+    Args:
+        cell, params: the reservoir.
+        readout: ``DenseParams (w [F, O], b [O])``.
+        warmup: ``[W, *B, I]`` (time on ``time_axis``), ``W >= 1``.
+        num_steps: ``N``, closed-loop steps.
+        carry: the state before the warm-up ``[*B, H]``; zeros when None.
+        input_to_readout: the readout reads ``[x_t, u_t]`` (it was fitted that way).
+        time_axis: time axis of ``warmup`` and of the result.
+
+    Returns:
+        ``(carry, predictions)``: the state after the last closed-loop step ``[*B, H]`` and
+        the forecasts ``[N, *B, O]`` (time on ``time_axis``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from seqjax import EchoStateCell, DenseParams
+        >>> cell = EchoStateCell(1, 20, spectral_radius=0.9)
+        >>> params = cell.init(jax.random.key(0))
+        >>> readout = DenseParams(w=jnp.zeros((20, 1)), b=jnp.ones(1))
+        >>> _, ys = forecast(cell, params, readout, jnp.zeros((10, 3, 1)), num_steps=5)
+        >>> ys.shape
+        (5, 3, 1)
+    """
+    where = "forecast"
+    warmup = _checks.floating_array("warmup", warmup, where)
+    axis = _checks.time_axis_of("warmup", warmup.shape, time_axis, where)
+    _checks.feature_size("warmup", warmup.shape, cell.input_size, where)
+    features = cell.hidden_size + (cell.input_size if input_to_readout else 0)
+    if readout.w.shape != (features, cell.input_size):
+        raise ValueError(
+            f"{where}: readout.w must have shape [F, O] = [{features}, {cell.input_size}] "
+            f"(closed loop feeds outputs back as inputs, so O = I); got {readout.w.shape}"
+        )
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"{where}: num_steps must be an int >= 0; got {num_steps!r}")
+    warmup = jnp.moveaxis(warmup, axis, 0)
+    if warmup.shape[0] < 1:
+        raise ValueError(f"{where}: warmup must hold at least one step; got shape {warmup.shape}")
+    state, _ = unroll(cell, params, warmup, carry)
+
+    def output(x, u):
+        return affine(readout_features(x, u if input_to_readout else None), readout.w, readout.b)
+
+    def body(loop, _):
+        x, u = loop
+        y = output(x, u).astype(u.dtype)
+        x, _ = cell.apply(params, x, y)
+        return (x, y), y
+
+    (state, _), predictions = jax.lax.scan(body, (state, warmup[-1]), None, length=num_steps)
+    return state, jnp.moveaxis(predictions, 0, axis)
+
+
+def nrmse(predictions: Array, targets: Array, *, axis=None) -> Array:
+    """Normalised root-mean-square error ``RMSE / std(targets)`` (0 perfect, 1 = predicting
+    the mean), over ``axis`` (all axes when None).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(nrmse(jnp.zeros(4), jnp.array([1.0, -1.0, 1.0, -1.0])))
+        1.0
+    """
+    error = jnp.sqrt(jnp.mean((predictions - targets) ** 2, axis=axis))
+    return error / jnp.std(targets, axis=axis)
+
+
+class EchoStateNetworkParams(NamedTuple):
+    """Parameters of an :class:`EchoStateNetwork`."""
+
+    reservoir: EchoStateParams
+    readout: DenseParams  # w [F, O], b [O]
+
+
+@dataclass(frozen=True)
+class EchoStateNetwork:
+    """An echo-state reservoir and its linear readout, as one sequence model.
+
+    ``y_t = [x_t, (u_t)] @ w + b`` over the reservoir states of :class:`EchoStateCell`.
+    The readout starts at zero; fit it in closed form (:meth:`fit`), online
+    (:func:`rls_regression`) or by gradient (:func:`seqjax.bptt_step` on a loss of
+    ``esn(params, xs)``; only ``readout`` and the cell's ``trainable`` leaves move).
+
+    Attributes:
+        cell: the reservoir.
+        output_size: ``O``.
+        input_to_readout: the readout also reads the input ``u_t``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from seqjax.series import mackey_glass
+        >>> series = jnp.asarray(mackey_glass(700, discard=300), jnp.float32)[:, None]
+        >>> esn = EchoStateNetwork(EchoStateCell(1, 200, spectral_radius=1.25,
+        ...                                      leak_rate=0.3, input_scaling=0.5), 1)
+        >>> params = esn.fit(esn.init(jax.random.key(0)), series[:500], series[1:501],
+        ...                  ridge=1e-6, washout=100)
+        >>> _, ys = esn(params, series[:600])                 # one-step (teacher forced)
+        >>> bool(nrmse(ys[500:], series[501:601]) < 0.05)
+        True
+        >>> _, forecasts = esn.forecast(params, series[:500], num_steps=20)
+        >>> forecasts.shape
+        (20, 1)
+    """
+
+    cell: EchoStateCell
+    output_size: int
+    input_to_readout: bool = False
+
+    @property
+    def input_size(self) -> int:
+        return self.cell.input_size
+
+    @property
+    def num_features(self) -> int:
+        """``F``: ``H``, plus ``I`` with ``input_to_readout``."""
+        return self.cell.hidden_size + (self.cell.input_size if self.input_to_readout else 0)
+
+    def init(self, key: PRNGKey, dtype=jnp.float32) -> EchoStateNetworkParams:
+        """The reservoir from ``key`` and a zero readout."""
+        readout = DenseParams(
+            w=jnp.zeros((self.num_features, self.output_size), dtype),
+            b=jnp.zeros((self.output_size,), dtype),
+        )
+        return EchoStateNetworkParams(self.cell.init(key, dtype), readout)
+
+    def init_carry(self, batch_shape: tuple[int, ...] = (), dtype=jnp.float32) -> Array:
+        return self.cell.init_carry(batch_shape, dtype)
+
+    def features(
+        self,
+        params: EchoStateNetworkParams,
+        xs: Array,
+        carry: Array | None = None,
+        *,
+        time_axis: int = 0,
+    ) -> tuple[Array, Array]:
+        """``(carry, features [T, *B, F])``: the reservoir run over ``xs`` ``[T, *B, I]``."""
+        carry, states = unroll(self.cell, params.reservoir, xs, carry, time_axis=time_axis)
+        return carry, readout_features(states, xs if self.input_to_readout else None)
+
+    def __call__(
+        self,
+        params: EchoStateNetworkParams,
+        xs: Array,
+        carry: Array | None = None,
+        *,
+        time_axis: int = 0,
+    ) -> tuple[Array, Array]:
+        """``(carry, ys [T, *B, O])``: teacher-forced outputs, one per input step."""
+        carry, features = self.features(params, xs, carry, time_axis=time_axis)
+        return carry, affine(features, params.readout.w, params.readout.b)
+
+    def fit(
+        self,
+        params: EchoStateNetworkParams,
+        xs: Array,
+        targets: Array,
+        *,
+        ridge: float = 0.0,
+        washout: int = 0,
+        fit_bias: bool = True,
+        time_axis: int = 0,
+    ) -> EchoStateNetworkParams:
+        """``params`` with the ridge readout of :func:`ridge_regression` for ``xs -> targets``
+        (``[T, *B, I] -> [T, *B, O]``), all series pooled, starting from zero states."""
+        _, features = self.features(params, xs, time_axis=time_axis)
+        readout = ridge_regression(
+            features,
+            targets,
+            ridge=ridge,
+            washout=washout,
+            fit_bias=fit_bias,
+            time_axis=time_axis,
+        )
+        return params._replace(readout=readout)
+
+    def forecast(
+        self,
+        params: EchoStateNetworkParams,
+        warmup: Array,
+        num_steps: int,
+        carry: Array | None = None,
+        *,
+        time_axis: int = 0,
+    ) -> tuple[Array, Array]:
+        """:func:`forecast` with this network's reservoir and readout."""
+        return forecast(
+            self.cell,
+            params.reservoir,
+            params.readout,
+            warmup,
+            num_steps,
+            carry,
+            input_to_readout=self.input_to_readout,
+            time_axis=time_axis,
+        )

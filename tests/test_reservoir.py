@@ -1,0 +1,309 @@
+"""Echo-state networks: reservoir construction, readouts, closed-loop forecasting, training."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.experimental import sparse as jsparse
+
+from seqjax import DenseParams, EchoStateCell, EchoStateNetwork, bptt_step, unroll
+from seqjax.reservoir import (
+    forecast,
+    readout_features,
+    ridge_regression,
+    rls_regression,
+    spectral_radius,
+)
+from seqjax.series import mackey_glass
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _largest_abs_eigenvalue(w) -> float:
+    dense = w.todense() if isinstance(w, jsparse.BCOO) else w
+    return float(np.abs(np.linalg.eigvals(np.asarray(dense, np.float64))).max())
+
+
+# ----------------------------------------------------------------------------- the reservoir
+
+
+def test_reservoir_has_the_spectral_radius_asked_for_dense_or_sparse():
+    kwargs = dict(spectral_radius=1.25, leak_rate=0.3, connectivity=0.05, bias_scaling=0.2)
+    dense_cell = EchoStateCell(1, 150, sparse=False, **kwargs)
+    sparse_cell = EchoStateCell(1, 150, sparse=True, **kwargs)
+    key = jax.random.key(3)
+    dense, sparse = dense_cell.init(key), sparse_cell.init(key)
+    assert isinstance(sparse.w, jsparse.BCOO) and not isinstance(dense.w, jsparse.BCOO)
+    # Nonzeros per unit (column of the (in, out) matrix) is exactly the fan-in.
+    assert (np.asarray(dense.w != 0).sum(axis=0) == dense_cell.fan_in).all()
+    rho = _largest_abs_eigenvalue(dense.w) * float(dense.spectral_radius)
+    np.testing.assert_allclose(rho, 1.25, rtol=1e-3)
+    # Same draws whatever the storage, so the same states.
+    np.testing.assert_allclose(sparse.w.todense(), dense.w, rtol=1e-5, atol=1e-6)
+    xs = jax.random.normal(jax.random.key(1), (20, 3, 1), jnp.float32)
+    _, ys_dense = unroll(dense_cell, dense, xs)
+    _, ys_sparse = unroll(sparse_cell, sparse, xs)
+    np.testing.assert_allclose(ys_sparse, ys_dense, rtol=1e-5, atol=1e-5)
+
+
+def test_spectral_radius_handles_a_dominant_complex_pair_and_non_normal_matrices():
+    """Single-vector power iteration cycles on a rotation; the block method does not."""
+    rng = np.random.default_rng(0)
+    rotation = np.array([[0.0, -3.0], [0.75, 0.0]])  # eigenvalues +-1.5i, not an isometry
+    w = np.zeros((40, 40))
+    w[:2, :2] = rotation
+    w[2:, 2:] = 0.3 * rng.standard_normal((38, 38)) / np.sqrt(38)
+    w += np.triu(rng.standard_normal((40, 40)), 1) * 0.05  # off-normal coupling
+    w = jnp.asarray(w, jnp.float32)
+    want = _largest_abs_eigenvalue(w)
+    np.testing.assert_allclose(float(spectral_radius(w)), want, rtol=1e-4)
+    # The plain power iteration's growth ratio keeps swinging on this matrix.
+    v = jnp.ones(40, jnp.float32)
+    ratios = []
+    for _ in range(200):
+        u = w @ v
+        ratios.append(float(jnp.linalg.norm(u) / jnp.linalg.norm(v)))
+        v = u / jnp.linalg.norm(u)
+    assert max(abs(r / want - 1) for r in ratios[-20:]) > 1e-2
+    # A non-normal (triangular) matrix: the radius is its diagonal's, not its norm.
+    tri = np.diag(np.linspace(0.1, 0.8, 30)) + 0.1 * np.triu(np.ones((30, 30)), 1)
+    tri = jnp.asarray(tri)
+    np.testing.assert_allclose(float(spectral_radius(tri.astype(jnp.float32))), 0.8, rtol=1e-3)
+
+
+def test_step_is_the_leaky_integrator_equation(key):
+    cell = EchoStateCell(
+        2,
+        8,
+        leak_rate=tuple(np.linspace(0.1, 1.0, 8)),
+        input_scaling=(0.5, 2.0),
+        bias_scaling=0.3,
+        connectivity=0.5,
+        input_connectivity=0.5,
+    )
+    p = cell.init(key)
+    x = jax.random.normal(jax.random.key(1), (8,), jnp.float32)
+    u = jax.random.normal(jax.random.key(2), (2,), jnp.float32)
+    a = np.linspace(0.1, 1.0, 8)
+    pre = (
+        0.9 * np.asarray(x) @ np.asarray(p.w)
+        + (np.asarray(u) * [0.5, 2.0]) @ np.asarray(p.w_in)
+        + 0.3 * np.asarray(p.b)
+    )
+    want = (1 - a) * np.asarray(x) + a * np.tanh(pre)
+    np.testing.assert_allclose(cell.apply(p, x, u)[1], want, rtol=1e-5, atol=1e-6)
+    assert set(np.unique(np.asarray(p.b))) == {-1.0, 1.0}
+    assert int((np.asarray(p.w_in) != 0).sum()) == round(0.5 * 2 * 8)
+
+
+def test_fixed_leaves_get_zero_gradients_unless_trainable(key):
+    xs = jax.random.normal(jax.random.key(1), (6, 2, 1), jnp.float32)
+
+    def grads(cell):
+        params = cell.init(key)
+        return jax.grad(lambda p: jnp.sum(unroll(cell, p, xs)[1] ** 2))(params)
+
+    fixed = grads(EchoStateCell(1, 10, bias_scaling=0.5))
+    assert all(not bool(jnp.any(g != 0)) for g in jax.tree.leaves(fixed))
+    some = grads(EchoStateCell(1, 10, bias_scaling=0.5, trainable=("leak_rate", "input_scaling")))
+    assert bool(jnp.any(some.leak_rate != 0)) and bool(jnp.any(some.input_scaling != 0))
+    assert not bool(jnp.any(some.w != 0)) and not bool(jnp.any(some.spectral_radius != 0))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"leak_rate": 0.0}, "leak_rate must lie in"),
+        ({"leak_rate": (0.5, 0.5)}, "leak_rate must be a number or 4 numbers"),
+        ({"connectivity": 1.5}, "connectivity must lie in"),
+        ({"spectral_radius": -1.0}, "spectral_radius must be >= 0"),
+        ({"trainable": ("weights",)}, "trainable must name fields"),
+    ],
+)
+def test_bad_hyperparameters_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EchoStateCell(2, 4, **kwargs)
+
+
+# ----------------------------------------------------------------------------- readouts
+
+
+def _states(key, batch=(3,), steps=40, hidden=12):
+    cell = EchoStateCell(2, hidden, spectral_radius=0.9, leak_rate=0.5, connectivity=0.5)
+    params = cell.init(key, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(5), (steps, *batch, 2), jnp.float64)
+    _, states = unroll(cell, params, xs)
+    targets = jnp.stack([xs[..., 0] * xs[..., 1], jnp.roll(xs[..., 0], 1, axis=0)], axis=-1)
+    return xs, states, targets
+
+
+@pytest.mark.parametrize("fit_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("ridge", [0.0, 0.3], ids=["lstsq", "ridge"])
+def test_ridge_readout_equals_numpy_lstsq(key, fit_bias, ridge):
+    xs, states, targets = _states(key)
+    washout = 5
+    features = readout_features(states, xs)
+    readout = ridge_regression(features, targets, ridge=ridge, washout=washout, fit_bias=fit_bias)
+    x = np.asarray(features[washout:]).reshape(-1, features.shape[-1])
+    y = np.asarray(targets[washout:]).reshape(-1, 2)
+    if fit_bias:
+        x = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    # ridge: least squares on [X; sqrt(ridge) I] with a zero row block; the bias column's
+    # penalty row stays zero (the bias is not penalised).
+    penalty = np.sqrt(ridge) * np.eye(x.shape[1])
+    if fit_bias:
+        penalty[-1, -1] = 0.0
+    x_aug = np.concatenate([x, penalty])
+    y_aug = np.concatenate([y, np.zeros((x.shape[1], 2))])
+    want = np.linalg.lstsq(x_aug, y_aug, rcond=None)[0]
+    got = np.concatenate([readout.w, readout.b[None]]) if fit_bias else np.asarray(readout.w)
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-8)
+    if not fit_bias:
+        assert not bool(jnp.any(readout.b != 0))
+
+
+def test_ridge_readout_per_series_with_vmap(key):
+    _, states, targets = _states(key, batch=(4,))
+    fit = jax.vmap(lambda s, t: ridge_regression(s, t, ridge=1e-3, washout=3), in_axes=1)
+    batched = fit(states, targets)
+    assert batched.w.shape == (4, 12, 2)
+    for b in range(4):
+        one = ridge_regression(states[:, b], targets[:, b], ridge=1e-3, washout=3)
+        np.testing.assert_allclose(batched.w[b], one.w, rtol=1e-7, atol=1e-9)
+
+
+def test_rls_readout_ends_at_the_ridge_solution(key):
+    """RLS with P0 = I / alpha and no forgetting solves ridge(alpha) on [x, 1] exactly."""
+    _, states, targets = _states(key, batch=(), steps=60)
+    alpha = 0.5
+    state, predictions = rls_regression(states, targets, alpha=alpha, washout=4)
+    aug = jnp.concatenate([states, jnp.ones((60, 1), states.dtype)], axis=1)
+    want = ridge_regression(aug, targets, ridge=alpha, washout=4, fit_bias=False).w
+    got = jnp.concatenate([state.readout.w, state.readout.b[None]])
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+    assert predictions.shape == (60, 2) and not bool(jnp.any(predictions[:4] != 0))
+
+
+def test_readout_errors_are_named(key):
+    _, states, targets = _states(key)
+    with pytest.raises(ValueError, match="washout must lie in"):
+        ridge_regression(states, targets, washout=40)
+    with pytest.raises(ValueError, match="targets must have the time and batch shape"):
+        ridge_regression(states, targets[:, :2])
+
+
+# ----------------------------------------------------------------------------- forecasting
+
+
+def _forecast_reference(cell, params, readout, warmup, num_steps, input_to_readout):
+    """Closed loop, one Python step at a time with cell.apply, per batch element."""
+    outputs = []
+    for b in range(warmup.shape[1]):
+        x = cell.init_carry((), warmup.dtype)
+        for u in warmup[:, b]:
+            x, _ = cell.apply(params, x, u)
+        ys = []
+        for _ in range(num_steps):
+            f = np.concatenate([x, u]) if input_to_readout else np.asarray(x)
+            y = f @ np.asarray(readout.w) + np.asarray(readout.b)
+            ys.append(y)
+            u = jnp.asarray(y, warmup.dtype)
+            x, _ = cell.apply(params, x, u)
+        outputs.append(np.stack(ys))
+    return np.stack(outputs, axis=1)
+
+
+@pytest.mark.parametrize("input_to_readout", [False, True], ids=["states", "states+input"])
+def test_closed_loop_forecast_equals_step_by_step_reference(key, input_to_readout):
+    cell = EchoStateCell(2, 16, spectral_radius=1.1, leak_rate=0.4, connectivity=0.5)
+    params = cell.init(key)
+    features = 16 + (2 if input_to_readout else 0)
+    w = 0.2 * jax.random.normal(jax.random.key(2), (features, 2), jnp.float32)
+    readout = DenseParams(w=w, b=jnp.array([0.1, -0.1], jnp.float32))
+    warmup = jax.random.normal(jax.random.key(3), (7, 2, 2), jnp.float32)
+    _, ys = forecast(cell, params, readout, warmup, 9, input_to_readout=input_to_readout)
+    want = _forecast_reference(cell, params, readout, warmup, 9, input_to_readout)
+    assert ys.shape == (9, 2, 2)
+    np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-5)
+    _, ys_batch_major = forecast(
+        cell,
+        params,
+        readout,
+        jnp.swapaxes(warmup, 0, 1),
+        9,
+        time_axis=1,
+        input_to_readout=input_to_readout,
+    )
+    np.testing.assert_allclose(jnp.swapaxes(ys_batch_major, 0, 1), ys, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="readout.w must have shape"):
+        forecast(cell, params, readout, warmup, 9, input_to_readout=not input_to_readout)
+
+
+def test_esn_learns_mackey_glass_and_forecasts_closed_loop():
+    series = jnp.asarray(mackey_glass(1100, discard=300), jnp.float32)[:, None]
+    esn = EchoStateNetwork(
+        EchoStateCell(
+            1, 300, spectral_radius=1.25, leak_rate=0.3, input_scaling=1.0, connectivity=0.1
+        ),
+        1,
+    )
+    params = esn.fit(
+        esn.init(jax.random.key(0)), series[:800], series[1:801], ridge=1e-6, washout=100
+    )
+    _, one_step = esn(params, series[:1000])
+    assert float(jnp.sqrt(jnp.mean((one_step[800:] - series[801:1001]) ** 2))) < 0.01
+    _, closed = esn.forecast(params, series[:800], num_steps=84)
+    # Mackey-Glass varies by ~0.23 (std); 84 closed-loop steps of a 200-unit ESN stay close.
+    assert float(jnp.sqrt(jnp.mean((closed - series[800:884]) ** 2))) < 0.05
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_readout_trains_by_gradient_with_seqjax_train():
+    """bptt_step on an ESN loss: the readout learns, the fixed reservoir does not move."""
+    series = jnp.asarray(mackey_glass(400, discard=300), jnp.float32)[:, None]
+    xs, ys = series[:-1].reshape(3, 133, 1).swapaxes(0, 1), series[1:].reshape(3, 133, 1)
+    ys = ys.swapaxes(0, 1)
+    esn = EchoStateNetwork(
+        EchoStateCell(1, 50, spectral_radius=0.9, leak_rate=0.5, trainable=("leak_rate",)), 1
+    )
+    params = esn.init(jax.random.key(0))
+
+    def loss_fn(p, batch):
+        xs, ys = batch
+        return jnp.mean((esn(p, xs)[1][20:] - ys[20:]) ** 2)
+
+    optimizer = optax.adam(1e-2)
+    step = jax.jit(bptt_step(loss_fn, optimizer))
+    new, losses = params, []
+    # optax's Adam mixes its int32 step count with Python floats: standard promotion there.
+    with jax.numpy_dtype_promotion("standard"):
+        opt_state = optimizer.init(params)
+        for _ in range(60):
+            new, opt_state, metrics = step(new, opt_state, (xs, ys))
+            losses.append(float(metrics.loss))
+    assert losses[-1] < 0.2 * losses[0]
+    for name in ("w", "w_in", "b", "spectral_radius", "input_scaling"):
+        np.testing.assert_array_equal(getattr(new.reservoir, name), getattr(params.reservoir, name))
+    assert not np.allclose(new.reservoir.leak_rate, params.reservoir.leak_rate)
+
+
+# ----------------------------------------------------------------------------- example
+
+
+def test_esn_forecast_example_quick(tmp_path):
+    cmd = [sys.executable, "examples/esn_forecast.py", "--quick", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "one-step NRMSE" in proc.stdout and "closed-loop NRMSE" in proc.stdout
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "esn_forecast.png").stat().st_size > 1000
