@@ -40,6 +40,7 @@ __all__ = [
     "EchoStateParams",
     "RLSState",
     "forecast",
+    "from_reservoirpy",
     "nrmse",
     "readout_features",
     "ridge_regression",
@@ -48,6 +49,70 @@ __all__ = [
     "rls_step",
     "spectral_radius",
 ]
+
+
+def from_reservoirpy(
+    reservoir, *, dtype=jnp.float64, sparse: bool = False
+) -> tuple[EchoStateCell, EchoStateParams]:
+    """An :class:`EchoStateCell` and its params holding an initialised ReservoirPy
+    ``Reservoir``'s own weights, so both libraries run the very same reservoir.
+
+    ReservoirPy (0.4) computes ``x' = (1 - lr) x + lr f(W x + Win u + bias)`` with column
+    vectors and its scalings already inside ``W`` (spectral radius ``sr``) and ``Win``
+    (``input_scaling``); the params get ``w = W^T``, ``w_in = Win^T``, ``b = bias``, unit
+    ``spectral_radius``, ``input_scaling`` and ``bias_scaling``, and ``leak_rate = lr``. In
+    float64 the states then equal ReservoirPy's to rounding (tests/test_reservoir.py).
+    ReservoirPy is imported only here (an optional dependency).
+
+    Args:
+        reservoir: a ``reservoirpy.nodes.Reservoir`` that has been initialised (run it on one
+            step of data, or call ``reservoir.initialize(x)``), with the ``tanh`` activation.
+        dtype: the params' dtype.
+        sparse: store ``w`` as a BCOO matrix (True) or dense (False).
+
+    Returns:
+        ``(cell, params)``; the cell's scalings are placeholders, the params carry them.
+    """
+    where = "from_reservoirpy"
+    import numpy as np
+    from reservoirpy.activationsfunc import tanh as rpy_tanh
+    from reservoirpy.nodes import Reservoir
+
+    if not isinstance(reservoir, Reservoir):
+        raise TypeError(f"{where}: reservoir must be a reservoirpy Reservoir; got {reservoir!r}")
+    if not getattr(reservoir, "initialized", False):
+        raise ValueError(
+            f"{where}: reservoir is not initialised (its W and Win are not drawn yet); run it on "
+            "some data or call reservoir.initialize(x) first"
+        )
+    if reservoir.activation is not rpy_tanh:
+        raise ValueError(
+            f"{where}: only the tanh activation is supported; got {reservoir.activation!r}"
+        )
+
+    def dense(m):
+        return np.asarray(m.toarray() if hasattr(m, "toarray") else m, np.float64)
+
+    w, w_in = dense(reservoir.W), dense(reservoir.Win)  # [H, H], [H, I]
+    hidden, inputs = w_in.shape
+    bias = np.broadcast_to(np.asarray(reservoir.bias, np.float64).reshape(-1), (hidden,))
+    leak = np.broadcast_to(np.asarray(reservoir.lr, np.float64).reshape(-1), (hidden,))
+    cell = EchoStateCell(inputs, hidden, sparse=sparse)
+    w_t = jnp.asarray(w.T, dtype)
+    if sparse:
+        from jax.experimental import sparse as jsparse
+
+        w_t = jsparse.BCOO.fromdense(w_t)
+    params = EchoStateParams(
+        w_in=jnp.asarray(w_in.T, dtype),
+        w=w_t,
+        b=jnp.asarray(bias, dtype),
+        input_scaling=jnp.ones((inputs,), dtype),
+        spectral_radius=jnp.ones((), dtype),
+        bias_scaling=jnp.ones((), dtype),
+        leak_rate=jnp.asarray(leak, dtype),
+    )
+    return cell, params
 
 
 def readout_features(states: Array, inputs: Array | None = None) -> Array:

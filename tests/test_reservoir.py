@@ -17,6 +17,7 @@ from jax.experimental import sparse as jsparse
 from seqjax import DenseParams, EchoStateCell, EchoStateNetwork, bptt_step, unroll
 from seqjax.reservoir import (
     forecast,
+    from_reservoirpy,
     readout_features,
     ridge_regression,
     rls_regression,
@@ -33,6 +34,46 @@ def _largest_abs_eigenvalue(w) -> float:
 
 
 # ----------------------------------------------------------------------------- the reservoir
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_from_reservoirpy_gives_reservoirpys_states_and_readout(sparse):
+    rpy = pytest.importorskip("reservoirpy.nodes")
+    u = mackey_glass(120, discard=100)[:, None]  # [T, I] float64
+    mat_gen = pytest.importorskip("reservoirpy.mat_gen")
+    # a +-1 bias (ReservoirPy 0.4's default is none) so that its conversion is checked too
+    reservoir = rpy.Reservoir(40, lr=0.3, sr=1.25, bias=mat_gen.bernoulli, seed=3)
+    expected = reservoir.run(u)  # [T, H] float64, draws W, Win and bias on the data
+    cell, params = from_reservoirpy(reservoir, dtype=jnp.float64, sparse=sparse)
+    assert isinstance(params.w, jsparse.BCOO) == sparse
+    _, states = unroll(cell, params, jnp.asarray(u, jnp.float64))
+    # float64 rounding of 120 steps of 40-term sums: observed ~1e-15
+    np.testing.assert_allclose(np.asarray(states), expected, rtol=0, atol=1e-12)
+    ridge = rpy.Ridge(ridge=1e-6)
+    ridge.fit(expected[:-1], u[1:], warmup=20)
+    mine = ridge_regression(states[:-1], jnp.asarray(u[1:]), ridge=1e-6, washout=20)
+    # Compare outputs, not weights: ReservoirPy solves the normal equations (condition number
+    # squared), so weights along weak state directions differ by ~1e-5 relative; the fitted
+    # outputs agree far closer than the fit's own error. After the washout only: the first
+    # steps' tiny states lie off the fitted range and magnify those weight differences.
+    ys = np.asarray(states[20:] @ mine.w + mine.b[None])
+    np.testing.assert_allclose(ys, ridge.run(expected[20:]), rtol=0, atol=1e-6 * np.std(u))
+
+
+def test_from_reservoirpy_errors_are_named():
+    rpy = pytest.importorskip("reservoirpy.nodes")
+    with pytest.raises(ValueError, match="not initialised"):
+        from_reservoirpy(rpy.Reservoir(10, seed=0))
+    with pytest.raises(TypeError, match="reservoir must be a reservoirpy Reservoir"):
+        from_reservoirpy(object())
+
+
+def test_float32_and_float64_draw_the_same_reservoir(key):
+    cell = EchoStateCell(1, 50, spectral_radius=1.25, sparse=False)
+    w32, w64 = cell.init(key, jnp.float32).w, cell.init(key, jnp.float64).w
+    assert w64.dtype == jnp.float64
+    # same values; only the spectral-radius estimate's rounding differs
+    np.testing.assert_allclose(np.asarray(w32, np.float64), np.asarray(w64), rtol=1e-4)
 
 
 def test_reservoir_has_the_spectral_radius_asked_for_dense_or_sparse():

@@ -235,7 +235,12 @@ class EchoStateCell:
         return self.connectivity < _SPARSE_BELOW.get(jax.default_backend(), 0.0)
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> EchoStateParams:
-        """Draw the reservoir; ``dtype`` is the parameter dtype (drawn in >= float32)."""
+        """Draw the reservoir; ``dtype`` is the parameter dtype.
+
+        Connections and values are drawn in float32 for every ``dtype`` (the spectral radius is
+        then estimated in ``dtype``, at least float32), so one key gives one reservoir:
+        float32 and float64 params differ only by rounding.
+        """
         dtype = jnp.dtype(dtype)
         inputs, hidden = self.input_size, self.hidden_size
         num_in = max(1, round(self.input_connectivity * inputs * hidden))
@@ -304,7 +309,10 @@ def _draw_weights(key, inputs, hidden, k, num_in, sparse, dtype):
             jax.random.split(k_src, hidden),
             batch_size=256,
         )
-    values = jax.random.normal(k_w, (hidden, k), draw)
+    # Values drawn in float32 whatever the dtype, like the positions: one key is one reservoir
+    # (float64 params hold the float32 draw exactly), so float32 and float64 runs differ only
+    # in arithmetic. The spectral radius is then estimated and divided out in ``draw``.
+    values = jax.random.normal(k_w, (hidden, k), jnp.float32).astype(draw)
     dst = jnp.broadcast_to(jnp.arange(hidden, dtype=src.dtype)[:, None], (hidden, k))
     if sparse:
         indices = jnp.stack([src.reshape(-1), dst.reshape(-1)], axis=-1)
