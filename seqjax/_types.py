@@ -25,7 +25,21 @@ PyTree: TypeAlias = Any
 
 
 class Cell(Protocol):
-    """The cell protocol (see DESIGN.md): hyperparameters in fields, pure methods."""
+    """The cell protocol (see DESIGN.md): hyperparameters in fields, pure methods.
+
+    ``step`` may be refined, optionally, into two methods with
+    ``step(params, carry, px) == update(params, carry, px, recur(params, carry))``:
+
+    * ``recur(params, carry) -> r``: the recurrent matmul (``h W_h``, ``[*B, G]`` for the
+      shipped cells), a function of the carry and the recurrent weights only;
+    * ``update(params, carry, px, r) -> (carry, y)``: the rest of the step, elementwise
+      for the shipped cells (the reset-before GRU keeps its second matmul here).
+
+    With them, ``unroll(..., backward="custom")`` differentiates the scan with a reverse
+    loop that holds only what is sequential and computes all weight and input gradients
+    as one matmul each over every step (seqjax/_backward.py). A cell without them works
+    everywhere, through JAX's own derivative of the scan.
+    """
 
     input_size: int
     hidden_size: int

@@ -69,10 +69,18 @@ class ElmanCell:
         """``[..., I] -> [..., H]``: ``x W_x + b`` for any number of steps at once."""
         return affine(xs, params.w_x, params.b)
 
+    def recur(self, params: ElmanParams, carry: Array) -> Array:
+        """The recurrent matmul ``h W_h``, ``[*B, H]`` (linear in ``w_h``)."""
+        return carry @ params.w_h
+
+    def update(self, params: ElmanParams, carry: Array, px: Array, r: Array) -> tuple[Array, Array]:
+        """The elementwise update ``f(px + r)``; ``px`` and ``r`` are ``[*B, H]``."""
+        h = self.activation(px + r)
+        return h, h
+
     def step(self, params: ElmanParams, carry: Array, px: Array) -> tuple[Array, Array]:
         """One step from the projected input ``px`` ``[*B, H]``; returns ``(h, h)``."""
-        h = self.activation(px + carry @ params.w_h)
-        return h, h
+        return self.update(params, carry, px, self.recur(params, carry))
 
     def apply(self, params: ElmanParams, carry: Array, x: Array) -> tuple[Array, Array]:
         """One step from the raw input ``x`` ``[*B, I]``."""

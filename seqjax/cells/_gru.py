@@ -78,25 +78,36 @@ class GRUCell:
         """``[..., I] -> [..., 3H]``: ``x W_x + b_x`` for any number of steps at once."""
         return affine(xs, params.w_x, params.b_x)
 
-    def step(self, params: GRUParams, carry: Array, px: Array) -> tuple[Array, Array]:
-        """One step from the projected input ``px`` ``[*B, 3H]``; returns ``(h, h)``."""
+    def recur(self, params: GRUParams, carry: Array) -> Array:
+        """The recurrent matmul: ``h W_h + b_h``, ``[*B, 3H]`` (reset-after); in the
+        reset-before form only its r and z blocks, ``[*B, 2H]``, since the candidate's
+        recurrent matmul reads ``r * h`` and stays in :meth:`update`."""
+        if self.reset_after:
+            return affine(carry, params.w_h, params.b_h)
+        hidden = self.hidden_size
+        return affine(carry, params.w_h[:, : 2 * hidden], params.b_h[: 2 * hidden])
+
+    def update(self, params: GRUParams, carry: Array, px: Array, r: Array) -> tuple[Array, Array]:
+        """The gate update from ``px`` ``[*B, 3H]`` and ``r = recur(params, carry)``."""
         h = carry
         hidden = self.hidden_size
         x_r, x_z, x_n = jnp.split(px, 3, axis=-1)
         if self.reset_after:
-            h_r, h_z, h_n = jnp.split(affine(h, params.w_h, params.b_h), 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(r, 3, axis=-1)
             r = jax.nn.sigmoid(x_r + h_r)
             z = jax.nn.sigmoid(x_z + h_z)
             n = jnp.tanh(x_n + r * h_n)
         else:
-            h_r, h_z = jnp.split(
-                affine(h, params.w_h[:, : 2 * hidden], params.b_h[: 2 * hidden]), 2, axis=-1
-            )
+            h_r, h_z = jnp.split(r, 2, axis=-1)
             r = jax.nn.sigmoid(x_r + h_r)
             z = jax.nn.sigmoid(x_z + h_z)
             n = jnp.tanh(x_n + affine(r * h, params.w_h[:, 2 * hidden :], params.b_h[2 * hidden :]))
         h = (1.0 - z) * n + z * h
         return h, h
+
+    def step(self, params: GRUParams, carry: Array, px: Array) -> tuple[Array, Array]:
+        """One step from the projected input ``px`` ``[*B, 3H]``; returns ``(h, h)``."""
+        return self.update(params, carry, px, self.recur(params, carry))
 
     def apply(self, params: GRUParams, carry: Array, x: Array) -> tuple[Array, Array]:
         """One step from the raw input ``x`` ``[*B, I]``."""

@@ -82,13 +82,22 @@ class LSTMCell:
         """``[..., I] -> [..., 4H]``: ``x W_x + b`` for any number of steps at once."""
         return affine(xs, params.w_x, params.b)
 
-    def step(self, params: LSTMParams, carry: LSTMCarry, px: Array) -> tuple[LSTMCarry, Array]:
-        """One step from the projected input ``px`` ``[*B, 4H]``; returns ``(carry, h)``."""
-        gates = px + carry.h @ params.w_h
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
+    def recur(self, params: LSTMParams, carry: LSTMCarry) -> Array:
+        """The recurrent matmul ``h W_h``, ``[*B, 4H]`` (linear in ``w_h``)."""
+        return carry.h @ params.w_h
+
+    def update(
+        self, params: LSTMParams, carry: LSTMCarry, px: Array, r: Array
+    ) -> tuple[LSTMCarry, Array]:
+        """The elementwise update from ``px`` and ``r = recur(params, carry)``, ``[*B, 4H]``."""
+        i, f, g, o = jnp.split(px + r, 4, axis=-1)
         c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return LSTMCarry(h=h, c=c), h
+
+    def step(self, params: LSTMParams, carry: LSTMCarry, px: Array) -> tuple[LSTMCarry, Array]:
+        """One step from the projected input ``px`` ``[*B, 4H]``; returns ``(carry, h)``."""
+        return self.update(params, carry, px, self.recur(params, carry))
 
     def apply(self, params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
         """One step from the raw input ``x`` ``[*B, I]``."""

@@ -1,0 +1,154 @@
+"""``unroll`` with a hand-structured derivative: the recurrence alone in the loop.
+
+JAX's automatic transpose of ``lax.scan`` performs, in every reverse step, the weight-gradient
+matmul of that step (``h_{t-1}^T dG_t``, a small ``[H, B] @ [B, G]``). Vendor kernels (oneDNN,
+cuDNN) instead run a reverse loop that computes only what must be sequential, the gate
+pre-activation cotangents ``dG_t``, and then every weight and input gradient as one large
+matmul over all steps. This module does the same for any cell that splits its step as
+
+    r = cell.recur(params, carry)             # the recurrent matmul, h W_h
+    carry, y = cell.update(params, carry, px, r)   # elementwise
+
+It is written as a :func:`jax.custom_jvp` rather than a ``custom_vjp`` so that forward mode
+(``jax.jvp``, ``jacfwd``) keeps working: the rule states the tangent program in a shape whose
+transpose is the fast backward pass, and JAX derives that transpose:
+
+* input projection and the weight half of ``recur`` are linearised *outside* the loop, over
+  all ``T`` steps at once (``project`` over ``xs``; ``recur`` with respect to ``params`` over
+  the stacked carries), so their transposes are one matmul each (``dW_x = xs^T dPx``,
+  ``dxs = dPx W_x^T``, ``dW_h = C^T dR``);
+* inside the loop only the carry half of ``recur`` (``dc W_h``, transposed to
+  ``dG W_h^T``) and the linearised ``update``, which is rematerialised (``jax.checkpoint``)
+  from the saved ``(carry, px, r)`` of the step instead of saving its activations.
+
+Residuals saved by the forward pass: the carry entering each step, ``r`` per step, and ``px``
+(hoisted, or recomputed outside the loop as one matmul; see ``unroll.py``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from seqjax._types import Cell
+
+
+def has_structure(cell) -> bool:
+    """Whether ``cell`` offers the ``recur``/``update`` split this derivative needs."""
+    return callable(getattr(cell, "recur", None)) and callable(getattr(cell, "update", None))
+
+
+def _select(mask, new, old):  # mask [*B]: per sequence, new where True
+    return jax.tree.map(lambda n, o: jnp.where(mask[..., None], n, o), new, old)
+
+
+def _zeros(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+def structured_unroll(
+    cell: Cell,
+    params,
+    xs,
+    carry,
+    lengths,
+    resets,
+    *,
+    reverse: bool,
+    truncate: int | None,
+    unroll: int | bool,
+    hoist: bool,
+    save_px: bool,
+    barrier: bool = False,
+):
+    """``(carry, ys)`` of the time-major unroll, with the structured derivative.
+
+    Same semantics as the scan in :func:`seqjax.unroll` (arguments already checked there);
+    ``xs`` is time-major ``[T, *B, I]``; ``lengths`` ``[*B]`` and ``resets`` ``[T, *B]`` or None.
+    ``save_px``: with ``hoist=False``, save each step's ``px`` (True) or recompute all of them
+    after the loop with one ``project`` (False).
+    """
+    num_steps = xs.shape[0]
+    needs_time = lengths is not None or truncate is not None
+
+    def border(t):
+        # The carry entering step t crosses a window border and is cut there (see unroll).
+        entering = t + 1 if reverse else t
+        return (entering % truncate == 0) & (entering > 0) & (entering < num_steps)
+
+    def steps_for(lengths):
+        step_dtype = jnp.int32 if lengths is None else lengths.dtype
+        return jnp.arange(num_steps, dtype=step_dtype) if needs_time else None
+
+    def forward(params, xs, carry, lengths, resets, save: bool):
+        inputs = cell.project(params, xs) if hoist else xs
+        fresh = cell.init_carry(xs.shape[1:-1], jax.tree.leaves(carry)[0].dtype)
+
+        def body(c, slices):
+            t, x, reset = slices
+            if barrier:
+                x = jax.lax.optimization_barrier(x)
+            if reset is not None:
+                c = _select(reset, fresh, c)
+            px = x if hoist else cell.project(params, x)
+            r = cell.recur(params, c)
+            new_c, y = cell.update(params, c, px, r)
+            if lengths is not None:
+                valid = t < lengths
+                new_c = _select(valid, new_c, c)
+                y = jnp.where(valid[..., None], y, jnp.zeros_like(y))
+            res = (c, px if (save_px and not hoist) else None, r) if save else None
+            return new_c, (y, res)
+
+        slices = (steps_for(lengths), inputs, resets)
+        final, (ys, res) = jax.lax.scan(body, carry, slices, reverse=reverse, unroll=unroll)
+        return final, ys, res, inputs if hoist else None
+
+    @jax.custom_jvp
+    def run(params, xs, carry, lengths, resets):
+        final, ys, _, _ = forward(params, xs, carry, lengths, resets, save=False)
+        return final, ys
+
+    @run.defjvp
+    def run_jvp(primals, tangents):
+        params, xs, carry, lengths, resets = primals
+        d_params, d_xs, d_carry = tangents[:3]
+        final, ys, (cs, pxs, rs), hoisted = forward(params, xs, carry, lengths, resets, True)
+        if hoist:
+            pxs = hoisted
+        elif pxs is None:
+            pxs = cell.project(params, xs)  # one matmul over all steps, after the loop
+        # Time-parallel tangents: their transposes are one large matmul each.
+        d_pxs = jax.jvp(cell.project, (params, xs), (d_params, d_xs))[1]
+        d_rs_w = jax.jvp(lambda p: cell.recur(p, cs), (params,), (d_params,))[1]
+
+        def recur_c(c, dc):
+            return jax.jvp(lambda c: cell.recur(params, c), (c,), (dc,))[1]
+
+        # Recomputed from (c, px, r) in the reverse loop instead of saving its activations.
+        def update_fn(p, c, px, r):
+            if barrier:
+                c, px, r = jax.lax.optimization_barrier((c, px, r))
+            return cell.update(p, c, px, r)
+
+        update = jax.checkpoint(update_fn, prevent_cse=False)
+
+        def body(dc, slices):
+            t, c, px, r, d_px, d_r_w, reset = slices
+            if truncate is not None:
+                dc = jax.tree.map(lambda a: jnp.where(border(t), jnp.zeros_like(a), a), dc)
+            if reset is not None:
+                dc = _select(reset, _zeros(dc), dc)
+            d_r = jax.tree.map(jnp.add, recur_c(c, dc), d_r_w)
+            _, (d_new, d_y) = jax.jvp(update, (params, c, px, r), (d_params, dc, d_px, d_r))
+            if lengths is not None:
+                valid = t < lengths
+                d_new = _select(valid, d_new, dc)
+                d_y = jnp.where(valid[..., None], d_y, jnp.zeros_like(d_y))
+            return d_new, d_y
+
+        slices = (steps_for(lengths), cs, pxs, rs, d_pxs, d_rs_w, resets)
+        d_final, d_ys = jax.lax.scan(body, d_carry, slices, reverse=reverse, unroll=unroll)
+        return (final, ys), (d_final, d_ys)
+
+    return run(params, xs, carry, lengths, resets)

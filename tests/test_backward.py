@@ -1,0 +1,165 @@
+"""The structured derivative of unroll (backward="custom") equals autodiff, in float64."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import Stack, unroll
+from seqjax._backward import has_structure
+from tests.conftest import random_like, tree_allclose
+from tests.registry import CELLS, every_cell
+
+T, B = 6, 3
+TOL = dict(rtol=1e-10, atol=1e-12)  # float64, same math in another order
+STRUCTURED = [name for name, cell in CELLS.items() if has_structure(cell)]
+
+
+def _float64(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.float64), tree)
+
+
+def _problem(cell, time_axis=0):
+    params = _float64(cell.init(jax.random.key(0)))
+    xs = jax.random.normal(jax.random.key(1), (T, B, cell.input_size), jnp.float64)
+    carry = random_like(cell.init_carry((B,), jnp.float64), jax.random.key(2))
+    if time_axis == 1:
+        xs = jnp.swapaxes(xs, 0, 1)
+    return params, xs, carry
+
+
+def _vjp_both(cell, params, xs, carry, **options):
+    """Outputs and vjp (cotangents on ys and on the final carry) of both derivatives."""
+    results = []
+    for backward in ("custom", "autodiff"):
+
+        def f(p, x, c, backward=backward):
+            return unroll(cell, p, x, c, backward=backward, **options)
+
+        cot = random_like(jax.eval_shape(f, params, xs, carry), jax.random.key(3))
+
+        @jax.jit  # one compilation per check instead of one per eager op
+        def out_and_vjp(p, x, c, cot, f=f):
+            out, vjp = jax.vjp(f, p, x, c)
+            return out, vjp(cot)
+
+        results.append(out_and_vjp(params, xs, carry, cot))
+    return results
+
+
+def test_the_shipped_cells_offer_the_structure():
+    assert {"elman_tanh", "elman_relu", "lstm", "gru", "gru_reset_before"} <= set(STRUCTURED)
+
+
+@pytest.mark.parametrize("name", STRUCTURED)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_custom_equals_autodiff_with_every_option(name, reverse):
+    cell = CELLS[name]
+    params, xs, carry = _problem(cell, time_axis=1)
+    resets = jnp.zeros((B, T), bool).at[0, 3].set(True).at[2, 1].set(True)
+    options = dict(
+        lengths=jnp.array([T, 4, 0], jnp.int32),
+        resets=resets,
+        truncate=2,
+        reverse=reverse,
+        time_axis=1,
+    )
+    custom, autodiff = _vjp_both(cell, params, xs, carry, **options)
+    tree_allclose(custom, autodiff, **TOL)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru_reset_before"])
+@pytest.mark.parametrize("hoist", [False, True], ids=["in_scan", "hoisted"])
+def test_custom_equals_autodiff_without_options(name, hoist):
+    cell = CELLS[name]
+    params, xs, carry = _problem(cell)
+    custom, autodiff = _vjp_both(cell, params, xs, carry, hoist_projection=hoist)
+    tree_allclose(custom, autodiff, **TOL)
+
+
+def test_custom_forward_mode_equals_autodiff():
+    cell = CELLS["lstm"]
+    params, xs, carry = _problem(cell)
+    tangents = random_like((params, xs, carry), jax.random.key(4))
+    options = dict(lengths=jnp.array([T, 2, 5], jnp.int32), truncate=4)
+    got = jax.jvp(
+        lambda p, x, c: unroll(cell, p, x, c, backward="custom", **options),
+        (params, xs, carry),
+        tangents,
+    )
+    want = jax.jvp(
+        lambda p, x, c: unroll(cell, p, x, c, backward="autodiff", **options),
+        (params, xs, carry),
+        tangents,
+    )
+    tree_allclose(got, want, **TOL)
+
+
+def test_custom_under_jit_vmap_and_grad_of_sum():
+    cell = CELLS["gru"]
+    params, xs, carry = _problem(cell)
+    lengths = jnp.array([T, 1, 4], jnp.int32)
+
+    def loss(p, x, c, length, backward):
+        # vmap over the batch: each call sees one sequence, no batch dims.
+        final, ys = unroll(cell, p, x, c, lengths=length, backward=backward)
+        return jnp.sum(ys**2) + jnp.sum(final)
+
+    def total(p, x, c, backward):
+        per_seq = jax.vmap(loss, in_axes=(None, 1, 0, 0, None))(p, x, c, lengths, backward)
+        return jnp.sum(per_seq)
+
+    grad = jax.jit(jax.grad(total, argnums=(0, 1, 2)), static_argnums=3)
+    tree_allclose(grad(params, xs, carry, "custom"), grad(params, xs, carry, "autodiff"), **TOL)
+
+
+def test_second_order_gradients_agree():
+    cell = CELLS["elman_tanh"]
+    params, xs, carry = _problem(cell)
+
+    def loss(p, backward):
+        return jnp.sum(unroll(cell, p, xs, carry, backward=backward)[1] ** 3)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def hvp(params, backward):
+        return jax.jvp(jax.grad(lambda p: loss(p, backward)), (params,), (params,))[1]
+
+    hvp = functools.partial(hvp, params)
+
+    tree_allclose(hvp("custom"), hvp("autodiff"), **TOL)
+
+
+def test_auto_falls_back_for_a_cell_without_the_split():
+    stack = CELLS["stack_lstm_gru"]
+    assert isinstance(stack, Stack) and not has_structure(stack)
+    params, xs, carry = _problem(stack)
+    got = jax.grad(lambda p: jnp.sum(unroll(stack, p, xs, carry)[1]))(params)
+    want = jax.grad(lambda p: jnp.sum(unroll(stack, p, xs, carry, backward="autodiff")[1]))(params)
+    tree_allclose(got, want, **TOL)
+    with pytest.raises(TypeError, match="recur"):
+        unroll(stack, params, xs, carry, backward="custom")
+
+
+def test_unknown_backward_is_refused():
+    cell = CELLS["lstm"]
+    params, xs, _ = _problem(cell)
+    with pytest.raises(ValueError, match="backward"):
+        unroll(cell, params, xs, backward="fast")
+
+
+@every_cell
+def test_step_is_update_of_recur(cell, key):
+    if not has_structure(cell):
+        pytest.skip("cell without the recur/update split")
+    params = cell.init(key)
+    carry = random_like(cell.init_carry((2,)), jax.random.key(1))
+    xs = jax.random.normal(jax.random.key(2), (2, cell.input_size), jnp.float32)
+    px = cell.project(params, xs)
+    got = cell.update(params, carry, px, cell.recur(params, carry))
+    want = cell.step(params, carry, px)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
