@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import _checks
+from seqjax import _backward, _checks
 from seqjax._types import Array, Cell, PyTree
+from seqjax.parallel import unroll_parallel
 
 # Where the input projection runs, per backend, from benchmarks/unroll_projection.py.
 # XLA:CPU runs the per-step projection inside the scan faster than slicing one large
@@ -23,8 +24,63 @@ _HOIST_PROJECTION = {"cpu": False}
 _SPLIT_GATE_BLOCKS = {"cpu": True}
 
 
+# Which derivative ``unroll(..., backward="auto")`` uses, per backend, for cells that offer
+# the recur/update split (seqjax/_backward.py); others always use autodiff. Measured
+# LSTM/GRU forward+backward at B32 T128 I64 H256, B8 T1024 I64 H128, B128 T64 I128 H512
+# (jax 0.11.2, benchmarks/unroll_backward.py and its prototype):
+# - gpu (H100): structured / autodiff = 0.69-0.78 in all 6 rows (e.g. LSTM B32/T128
+#   3.5 vs 4.5 ms, B8/T1024 21.5 vs 28.9 ms). Structured, with the projection hoisted.
+# - cpu (2 pinned cores of a Xeon, and this project's 2-core EPYC under load): structured
+#   1.0-1.3x *slower* (LSTM B32/T128 159-163 vs 125 ms, B8/T1024 159 vs 163 ms; GRU
+#   124 vs 105, 109 vs 109). Its large matmuls are cheaper, but XLA:CPU's per-op cost in
+#   the reverse loop (rematerialised update, its slices and writes) outweighs that.
+# - other backends: not measured; autodiff, JAX's standard path, until someone measures.
+# But on the H100 autodiff with lax.scan unroll=8 (_SCAN_UNROLL below) was faster still than
+# the structured derivative at unroll=1 (LSTM B32/T128 2.1 vs 3.5 ms, B8/T1024 12.7 vs 21.5
+# ms), and the structured derivative at unroll=8 is not yet measured; so the GPU default is
+# the best measured pair, autodiff + unroll=8. Re-measure both (unroll_backward.py) to move it.
+_BACKWARD = {"cpu": "autodiff", "gpu": "autodiff"}
+
+# lax.scan's unroll factor when the caller gives none (benchmarks/unroll_projection.py):
+# on the H100, unroll=8 made forward 1.3-1.9x and forward+backward 1.6-2.3x faster than
+# unroll=1 for LSTM, GRU and Elman at B32/T128 and B8/T1024 (hoisted projection), with
+# compile time no larger. On XLA:CPU the effect was mixed (unroll=4: GRU/Elman fwd+bwd
+# 1.04-1.2x faster; unroll=8: LSTM fwd+bwd 1.3-1.7x slower; forward +-5%), so 1 there.
+_SCAN_UNROLL = {"gpu": 8}
+
+# With the structured derivative, whether each step's slices of the stacked residuals are
+# materialised (lax.optimization_barrier) before the elementwise update reads them. XLA:CPU
+# otherwise fuses the dynamic slice into the elementwise loop, which then ran ~10x slower
+# (LSTM B32/T128 fwd+bwd 190 -> 163 ms with the barrier); on the GPU it was not needed.
+_BARRIER_SLICES = {"cpu": True}
+
+# With the structured derivative and the projection inside the scan, save each step's
+# projected input (True) or recompute all of them after the loop in one matmul (False).
+# XLA:CPU: saving was 1.0-1.1x faster (LSTM B32/T128 159 vs 178 ms); on the GPU the
+# projection is hoisted, so the choice does not arise.
+_SAVE_PX = {"cpu": True}
+
+BACKWARDS = ("auto", "custom", "autodiff")
+
+
 def _hoist_default() -> bool:
     return _HOIST_PROJECTION.get(jax.default_backend(), True)
+
+
+def _resolve_backward(cell: Cell, backward: str) -> str:
+    """``"custom"`` or ``"autodiff"``: the derivative ``unroll`` uses for ``cell``."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"unroll: backward must be one of {BACKWARDS}; got {backward!r}")
+    structured = _backward.has_structure(cell)
+    if backward == "custom" and not structured:
+        raise TypeError(
+            "unroll: backward='custom' needs a cell with recur(params, carry) and "
+            f"update(params, carry, px, r) methods; {type(cell).__name__} has not both"
+        )
+    if backward == "auto":
+        chosen = _BACKWARD.get(jax.default_backend(), "autodiff")
+        return chosen if structured else "autodiff"
+    return backward
 
 
 def _gate_blocks(params: PyTree, width: int):
@@ -74,10 +130,12 @@ def unroll(
     resets: Array | None = None,
     truncate: int | None = None,
     time_axis: int = 0,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     hoist_projection: bool | None = None,
+    backward: str = "auto",
+    method: str = "sequential",
 ) -> tuple[PyTree, Array]:
-    """Run ``cell`` over a sequence with ``lax.scan``.
+    """Run ``cell`` over a sequence with ``lax.scan`` (or in parallel over time, ``method``).
 
     Args:
         cell: any object satisfying the cell protocol.
@@ -98,10 +156,27 @@ def unroll(
             (``lax.stop_gradient``), so each window's gradient reaches back at most to its
             own start. ``None`` (default) or ``k >= T``: full backpropagation through time.
         time_axis: axis of ``xs`` (and of ``ys``) that is time; ``1`` for batch-major data.
-        unroll: ``lax.scan``'s unroll factor (steps per loop iteration).
+        unroll: ``lax.scan``'s unroll factor (steps per loop iteration); ``None`` (default)
+            takes the one measured fastest on the current backend (8 on GPU, else 1).
         hoist_projection: compute ``cell.project`` for all steps before the scan (True) or
             per step inside it (False). The default is the faster one measured on the
             current backend; results are the same either way.
+        backward: how derivatives through the scan are formed (the values are the same):
+            ``"autodiff"``, JAX's own transpose of the scan, which computes each step's
+            weight gradients inside the reverse loop; ``"custom"``, a structured derivative
+            for cells with ``recur``/``update`` methods (see the cell protocol), whose
+            reverse loop computes only the carry and gate cotangents and then every weight
+            and input gradient as one large matmul over all steps; ``"auto"`` (default),
+            the one measured faster on the current backend (``custom`` on GPU, ``autodiff``
+            on CPU and unmeasured backends; always ``autodiff`` for cells without
+            ``recur``/``update``). Both support ``jax.grad``, ``jax.jvp``, ``jit``, ``vmap``
+            and higher-order derivatives.
+        method: ``"sequential"`` (default, ``lax.scan``), or evaluation in parallel over
+            time by :func:`seqjax.parallel.unroll_parallel`: ``"associative"`` (cells with
+            ``coefficients``: minGRU, minLSTM, LRU), ``"deer"`` or ``"quasi_deer"`` (any
+            cell; Newton iterations that fall back to the sequential scan when they do not
+            converge). Same results; ``truncate``, ``unroll``, ``hoist_projection`` and
+            ``backward`` apply to the sequential method only.
 
     Returns:
         ``(carry, ys)``: the final carry (leaves ``[*B, H]``) and outputs ``[T, *B, H]`` in
@@ -110,7 +185,8 @@ def unroll(
     Raises:
         TypeError: ``xs`` is not floating, ``lengths`` not integer or ``resets`` not bool.
         ValueError: a shape does not match the cell, ``lengths`` lies outside ``[0, T]``,
-            or ``truncate`` is not a positive int.
+            ``truncate`` is not a positive int, or ``backward`` is not a known value.
+        TypeError: ``backward="custom"`` for a cell without ``recur`` and ``update``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -124,13 +200,43 @@ def unroll(
         >>> bool((ys[4:, 1] == 0).all())
         True
     """
+    if method != "sequential":
+        if truncate is not None:
+            raise ValueError(f"unroll: truncate applies to method='sequential'; got {method!r}")
+        return unroll_parallel(
+            cell, params, xs, carry, method=method, lengths=lengths, reverse=reverse,
+            resets=resets, time_axis=time_axis,
+        )  # fmt: skip
     xs, carry, lengths, axis = _prepare(cell, params, xs, carry, lengths, time_axis, "unroll")
     if resets is not None:
         resets = _checks.resets_array(resets, xs.shape[:-1], axis, "unroll")
+        if lengths is not None:
+            # Padded steps do not exist, so a reset there does nothing (as in unroll_reference).
+            steps = jnp.arange(xs.shape[0], dtype=lengths.dtype)
+            resets = resets & (steps.reshape(-1, *([1] * lengths.ndim)) < lengths[None])
     if truncate is not None and (not isinstance(truncate, int) or truncate < 1):
         raise ValueError(f"unroll: truncate must be a positive int or None; got {truncate!r}")
     if hoist_projection is None:
         hoist_projection = _hoist_default()
+    if unroll is None:
+        unroll = _SCAN_UNROLL.get(jax.default_backend(), 1)
+    if _resolve_backward(cell, backward) == "custom":
+        platform = jax.default_backend()
+        carry, ys = _backward.structured_unroll(
+            cell,
+            params,
+            xs,
+            carry,
+            lengths,
+            resets,
+            reverse=reverse,
+            truncate=truncate,
+            unroll=unroll,
+            hoist=hoist_projection,
+            save_px=_SAVE_PX.get(platform, True),
+            barrier=_BARRIER_SLICES.get(platform, False),
+        )
+        return carry, jnp.moveaxis(ys, 0, axis)
     num_steps = xs.shape[0]
     inputs = cell.project(params, xs) if hoist_projection else xs
     if _SPLIT_GATE_BLOCKS.get(jax.default_backend(), False):

@@ -197,3 +197,18 @@ def test_bad_arguments_are_named():
         unroll_parallel(LSTMCell(3, 4), params, xs.astype(jnp.int32), method="deer")
     with pytest.raises(ValueError, match="lengths"):
         unroll_parallel(cell, params, xs[:, None], lengths=jnp.array([6]), method="deer")
+
+
+@pytest.mark.parametrize("name, method", [("min_gru", "associative"), ("gru", "quasi_deer")])
+def test_unroll_method_dispatches_to_the_parallel_evaluation(name, method, key):
+    """``unroll(method=...)`` gives unroll_parallel's (and the sequential scan's) results."""
+
+    cell = CELLS[name]
+    params = cell.init(key)
+    xs = jax.random.normal(jax.random.key(3), (9, 2, cell.input_size), jnp.float32)
+    lengths = jnp.array([9, 4], jnp.int32)
+    got = unroll(cell, params, xs, lengths=lengths, method=method)
+    want = unroll(cell, params, xs, lengths=lengths)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+    with pytest.raises(ValueError, match="truncate"):
+        unroll(cell, params, xs, truncate=2, method=method)
