@@ -5,7 +5,19 @@ from __future__ import annotations
 import jax
 import pytest
 
-from seqjax import ElmanCell, GRUCell, LSTMCell, Stack
+from seqjax import EchoStateCell, ElmanCell, GRUCell, LSTMCell, Stack
+from seqjax.cells import (
+    LayerNormGRUCell,
+    LayerNormLSTMCell,
+    LearnedInitCell,
+    LRUCell,
+    LSTMProjCell,
+    MinGRUCell,
+    MinLSTMCell,
+    PeepholeLSTMCell,
+    VariationalDropoutCell,
+    ZoneoutCell,
+)
 
 I, H = 3, 4
 
@@ -16,6 +28,20 @@ CELLS = {
     "gru": GRUCell(I, H),
     "gru_reset_before": GRUCell(I, H, reset_after=False),
     "stack_lstm_gru": Stack((LSTMCell(I, H), GRUCell(H, 5))),
+    "min_gru": MinGRUCell(I, H),
+    "min_lstm_linear": MinLSTMCell(I, H, log_space=False),
+    "lru": LRUCell(I, H),
+    "lstm_dropout": VariationalDropoutCell(LSTMCell(I, H), input_rate=0.25, recurrent_rate=0.25),
+    "lstm_zoneout": ZoneoutCell(LSTMCell(I, H), hidden_rate=0.1, cell_rate=0.5),
+    # eps=1: the property tests' fixed float32 and finite-difference tolerances suit unnormalised
+    # cells; LN over H=4 units amplifies rounding and curvature by 1/sqrt(var + eps). The
+    # default eps is checked in test_variants.py against a float64 reference.
+    "lstm_layernorm": LayerNormLSTMCell(I, H, eps=1.0),
+    "gru_layernorm": LayerNormGRUCell(I, H, eps=1.0),
+    "lstm_peephole": PeepholeLSTMCell(I, H),
+    "lstm_proj": LSTMProjCell(I, H, cell_size=6),
+    "gru_learned_init": LearnedInitCell(GRUCell(I, H)),
+    "esn": EchoStateCell(I, H, connectivity=1.0, bias_scaling=0.5, trainable=True),
 }
 
 every_cell = pytest.mark.parametrize("cell", list(CELLS.values()), ids=list(CELLS))
