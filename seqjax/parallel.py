@@ -45,9 +45,6 @@ import numpy as np
 
 from seqjax import _checks
 from seqjax._types import Array, Cell, PyTree
-from seqjax.cells._elman import ElmanCell
-from seqjax.cells._gru import GRUCell
-from seqjax.cells._lstm import LSTMCarry, LSTMCell
 
 METHODS = ("associative", "deer", "quasi_deer")
 ADJOINTS = ("parallel", "sequential")
@@ -344,66 +341,13 @@ def _linear_states(cell, params, px, carry, fresh, valid, resets, reverse) -> Py
 # --------------------------------------------------------------------------- Jacobian diagonals
 
 
-def _block_diagonals(w_h: Array, count: int, shape) -> list[Array]:
-    """Diagonals of the ``count`` square ``[H, H]`` column blocks of ``w_h``, broadcast to shape."""
-    hidden = w_h.shape[0]
-    return [
-        jnp.broadcast_to(jnp.diagonal(w_h[:, k * hidden : (k + 1) * hidden]), shape)
-        for k in range(count)
-    ]
-
-
-def _elman_diagonal(cell: ElmanCell, params, h: Array, px: Array) -> Array:
-    u = px + h @ params.w_h
-    _, slope = jax.jvp(cell.activation, (u,), (jnp.ones_like(u),))  # f'(u), f elementwise
-    (d,) = _block_diagonals(params.w_h, 1, u.shape)
-    return slope * d
-
-
-def _gru_diagonal(cell: GRUCell, params, h: Array, px: Array) -> Array:
-    hidden = cell.hidden_size
-    x_r, x_z, x_n = jnp.split(px, 3, axis=-1)
-    d_r, d_z, d_n = _block_diagonals(params.w_h, 3, h.shape)
-    b_h = jnp.broadcast_to(params.b_h, (*h.shape[:-1], 3 * hidden))
-    if cell.reset_after:
-        h_r, h_z, h_n = jnp.split(h @ params.w_h + b_h, 3, axis=-1)
-        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + r * h_n)
-        dn_pre = r * (1 - r) * d_r * h_n + r * d_n
-    else:
-        w_r, w_n = params.w_h[:, :hidden], params.w_h[:, 2 * hidden :]
-        h_r, h_z = jnp.split(h @ params.w_h[:, : 2 * hidden] + b_h[..., : 2 * hidden], 2, axis=-1)
-        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + (r * h) @ w_n + b_h[..., 2 * hidden :])
-        # d/dh_i of ((r * h) W_n)_i = sum_j W_r[i, j] r_j (1 - r_j) h_j W_n[j, i] + r_i W_n[i, i]
-        dn_pre = jnp.einsum("ij,...j,ji->...i", w_r, r * (1 - r) * h, w_n) + r * d_n
-    dz = z * (1 - z) * d_z
-    return (1 - z) * (1 - n * n) * dn_pre + z + (h - n) * dz
-
-
-def _lstm_diagonal(cell: LSTMCell, params, carry: LSTMCarry, px: Array) -> LSTMCarry:
-    gates = px + carry.h @ params.w_h
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
-    si, sf, so, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
-    c = sf * carry.c + si * tg
-    tc = jnp.tanh(c)
-    d_i, d_f, d_g, d_o = _block_diagonals(params.w_h, 4, carry.h.shape)
-    dc_dh = sf * (1 - sf) * d_f * carry.c + si * (1 - si) * d_i * tg + si * (1 - tg * tg) * d_g
-    dh_dh = so * (1 - so) * d_o * tc + so * (1 - tc * tc) * dc_dh
-    return LSTMCarry(h=dh_dh, c=sf)
-
-
-# Analytic diagonals of d carry' / d carry for the cells seqjax ships, by exact cell type.
-_DIAGONALS = {ElmanCell: _elman_diagonal, GRUCell: _gru_diagonal, LSTMCell: _lstm_diagonal}
-
-
 def jacobian_diagonal(cell: Cell, params: PyTree, carry: PyTree, px: Array) -> PyTree:
     """The diagonal of ``d step(carry)[0] / d carry``, shaped like the carry.
 
-    Analytic for :class:`~seqjax.ElmanCell`, :class:`~seqjax.GRUCell` and
-    :class:`~seqjax.LSTMCell` (no ``[H, H]`` Jacobian is formed); a cell's own
-    ``jacobian_diagonal(params, carry, px)`` method when it has one; otherwise the diagonal of
-    the dense Jacobian from ``jax.jacfwd`` (``D`` forward passes per step).
+    The cell's own ``jacobian_diagonal(params, carry, px)`` method when it has one (analytic,
+    no ``[H, H]`` Jacobian formed: :class:`~seqjax.ElmanCell`, :class:`~seqjax.GRUCell`,
+    :class:`~seqjax.LSTMCell`); otherwise the diagonal of the dense Jacobian from
+    ``jax.jacfwd`` (``D`` forward passes per step).
 
     Args:
         cell: any cell.
@@ -427,9 +371,6 @@ def jacobian_diagonal(cell: Cell, params: PyTree, carry: PyTree, px: Array) -> P
     own = getattr(cell, "jacobian_diagonal", None)
     if own is not None:
         return own(params, carry, px)
-    analytic = _DIAGONALS.get(type(cell))
-    if analytic is not None:
-        return analytic(cell, params, carry, px)
     batch_ndim = jax.tree.leaves(carry)[0].ndim - 1
     layout = _Layout.of(carry, batch_ndim)
     s = layout.flatten(carry)

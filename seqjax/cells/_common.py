@@ -43,3 +43,12 @@ def orthogonal_blocks(key: PRNGKey, hidden_size: int, num_blocks: int, dtype) ->
 
 def zeros_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype) -> Array:
     return jnp.zeros((*batch_shape, hidden_size), dtype)
+
+
+def block_diagonals(w_h: Array, count: int, shape) -> list[Array]:
+    """Diagonals of the ``count`` square ``[H, H]`` column blocks of ``w_h``, broadcast to shape."""
+    hidden = w_h.shape[0]
+    return [
+        jnp.broadcast_to(jnp.diagonal(w_h[:, k * hidden : (k + 1) * hidden]), shape)
+        for k in range(count)
+    ]

@@ -10,7 +10,13 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
-from seqjax.cells._common import affine, glorot_uniform, orthogonal_blocks, zeros_carry
+from seqjax.cells._common import (
+    affine,
+    block_diagonals,
+    glorot_uniform,
+    orthogonal_blocks,
+    zeros_carry,
+)
 
 
 class ElmanParams(NamedTuple):
@@ -81,6 +87,14 @@ class ElmanCell:
     def step(self, params: ElmanParams, carry: Array, px: Array) -> tuple[Array, Array]:
         """One step from the projected input ``px`` ``[*B, H]``; returns ``(h, h)``."""
         return self.update(params, carry, px, self.recur(params, carry))
+
+    def jacobian_diagonal(self, params: ElmanParams, h: Array, px: Array) -> Array:
+        """``d carry' / d carry`` on its diagonal, shaped like the carry, without forming the
+        ``[H, H]`` Jacobian (used by quasi-DEER in :mod:`seqjax.parallel`)."""
+        u = px + h @ params.w_h
+        _, slope = jax.jvp(self.activation, (u,), (jnp.ones_like(u),))  # f'(u), f elementwise
+        (d,) = block_diagonals(params.w_h, 1, u.shape)
+        return slope * d
 
     def apply(self, params: ElmanParams, carry: Array, x: Array) -> tuple[Array, Array]:
         """One step from the raw input ``x`` ``[*B, I]``."""

@@ -9,7 +9,13 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
-from seqjax.cells._common import affine, glorot_uniform, orthogonal_blocks, zeros_carry
+from seqjax.cells._common import (
+    affine,
+    block_diagonals,
+    glorot_uniform,
+    orthogonal_blocks,
+    zeros_carry,
+)
 
 
 class GRUParams(NamedTuple):
@@ -108,6 +114,31 @@ class GRUCell:
     def step(self, params: GRUParams, carry: Array, px: Array) -> tuple[Array, Array]:
         """One step from the projected input ``px`` ``[*B, 3H]``; returns ``(h, h)``."""
         return self.update(params, carry, px, self.recur(params, carry))
+
+    def jacobian_diagonal(self, params: GRUParams, h: Array, px: Array) -> Array:
+        """``d carry' / d carry`` on its diagonal, shaped like the carry, without forming the
+        ``[H, H]`` Jacobian (used by quasi-DEER in :mod:`seqjax.parallel`)."""
+        hidden = self.hidden_size
+        x_r, x_z, x_n = jnp.split(px, 3, axis=-1)
+        d_r, d_z, d_n = block_diagonals(params.w_h, 3, h.shape)
+        b_h = jnp.broadcast_to(params.b_h, (*h.shape[:-1], 3 * hidden))
+        if self.reset_after:
+            h_r, h_z, h_n = jnp.split(h @ params.w_h + b_h, 3, axis=-1)
+            r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + r * h_n)
+            dn_pre = r * (1 - r) * d_r * h_n + r * d_n
+        else:
+            w_r, w_n = params.w_h[:, :hidden], params.w_h[:, 2 * hidden :]
+            h_r, h_z = jnp.split(
+                h @ params.w_h[:, : 2 * hidden] + b_h[..., : 2 * hidden], 2, axis=-1
+            )
+            r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+            n = jnp.tanh(x_n + (r * h) @ w_n + b_h[..., 2 * hidden :])
+            # d/dh_i of ((r * h) W_n)_i
+            #   = sum_j W_r[i, j] r_j (1 - r_j) h_j W_n[j, i] + r_i W_n[i, i]
+            dn_pre = jnp.einsum("ij,...j,ji->...i", w_r, r * (1 - r) * h, w_n) + r * d_n
+        dz = z * (1 - z) * d_z
+        return (1 - z) * (1 - n * n) * dn_pre + z + (h - n) * dz
 
     def apply(self, params: GRUParams, carry: Array, x: Array) -> tuple[Array, Array]:
         """One step from the raw input ``x`` ``[*B, I]``."""

@@ -9,7 +9,13 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
-from seqjax.cells._common import affine, glorot_uniform, orthogonal_blocks, zeros_carry
+from seqjax.cells._common import (
+    affine,
+    block_diagonals,
+    glorot_uniform,
+    orthogonal_blocks,
+    zeros_carry,
+)
 
 
 class LSTMParams(NamedTuple):
@@ -98,6 +104,19 @@ class LSTMCell:
     def step(self, params: LSTMParams, carry: LSTMCarry, px: Array) -> tuple[LSTMCarry, Array]:
         """One step from the projected input ``px`` ``[*B, 4H]``; returns ``(carry, h)``."""
         return self.update(params, carry, px, self.recur(params, carry))
+
+    def jacobian_diagonal(self, params: LSTMParams, carry: LSTMCarry, px: Array) -> LSTMCarry:
+        """``d carry' / d carry`` on its diagonal, shaped like the carry, without forming the
+        ``[H, H]`` Jacobian (used by quasi-DEER in :mod:`seqjax.parallel`)."""
+        gates = px + carry.h @ params.w_h
+        i, f, g, o = jnp.split(gates, 4, axis=-1)
+        si, sf, so, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
+        c = sf * carry.c + si * tg
+        tc = jnp.tanh(c)
+        d_i, d_f, d_g, d_o = block_diagonals(params.w_h, 4, carry.h.shape)
+        dc_dh = sf * (1 - sf) * d_f * carry.c + si * (1 - si) * d_i * tg + si * (1 - tg * tg) * d_g
+        dh_dh = so * (1 - so) * d_o * tc + so * (1 - tc * tc) * dc_dh
+        return LSTMCarry(h=dh_dh, c=sf)
 
     def apply(self, params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
         """One step from the raw input ``x`` ``[*B, I]``."""
