@@ -102,7 +102,8 @@ class Bidirectional:
         resets: Array | None = None,
         truncate: int | None = None,
         time_axis: int = 0,
-        unroll: int | bool = 1,
+        unroll: int | bool | None = None,
+        remat: int | tuple[int, ...] | None = None,
     ) -> tuple[BidirectionalCarry, Array]:
         """Run both directions over ``xs`` ``[T, *B, I]``; returns ``ys`` ``[T, *B, Hf + Hb]``.
 
@@ -110,8 +111,9 @@ class Bidirectional:
         """
         carry = BidirectionalCarry(None, None) if carry is None else carry
         common = dict(
-            lengths=lengths, resets=resets, truncate=truncate, time_axis=time_axis, unroll=unroll
-        )
+            lengths=lengths, resets=resets, truncate=truncate, time_axis=time_axis,
+            unroll=unroll, remat=remat,
+        )  # fmt: skip
         cf, yf = _unroll(self.forward, params.forward, xs, carry.forward, **common)
         cb, yb = _unroll(self.backward, params.backward, xs, carry.backward, reverse=True, **common)
         return BidirectionalCarry(cf, cb), jnp.concatenate([yf, yb], axis=-1)
@@ -209,7 +211,8 @@ class Stack:
         resets: Array | None = None,
         truncate: int | None = None,
         time_axis: int = 0,
-        unroll: int | bool = 1,
+        unroll: int | bool | None = None,
+        remat: int | tuple[int, ...] | None = None,
     ) -> tuple[tuple, Array]:
         """Run the layers bottom to top over ``xs`` ``[T, *B, I]``; ``ys`` is the top's output.
 
@@ -220,7 +223,9 @@ class Stack:
         ys = jnp.moveaxis(xs, axis, 0)
         if resets is not None:
             resets = jnp.moveaxis(jnp.asarray(resets), axis, 0)
-        options = dict(lengths=lengths, resets=resets, truncate=truncate, unroll=unroll)
+        options = dict(
+            lengths=lengths, resets=resets, truncate=truncate, unroll=unroll, remat=remat
+        )
         carry = (None,) * len(self.layers) if carry is None else tuple(carry)
         carries = []
         for layer, p, c in zip(self.layers, params, carry, strict=True):

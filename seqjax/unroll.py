@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,6 +136,7 @@ def unroll(
     hoist_projection: bool | None = None,
     backward: str = "auto",
     method: str = "sequential",
+    remat: int | tuple[int, ...] | None = None,
 ) -> tuple[PyTree, Array]:
     """Run ``cell`` over a sequence with ``lax.scan`` (or in parallel over time, ``method``).
 
@@ -167,16 +170,26 @@ def unroll(
             for cells with ``recur``/``update`` methods (see the cell protocol), whose
             reverse loop computes only the carry and gate cotangents and then every weight
             and input gradient as one large matmul over all steps; ``"auto"`` (default),
-            the one measured faster on the current backend (``custom`` on GPU, ``autodiff``
-            on CPU and unmeasured backends; always ``autodiff`` for cells without
-            ``recur``/``update``). Both support ``jax.grad``, ``jax.jvp``, ``jit``, ``vmap``
-            and higher-order derivatives.
+            the one measured faster on the current backend (so far ``autodiff`` on CPU and
+            GPU, where scan unrolling beat the structured derivative; see ``_BACKWARD``;
+            always ``autodiff`` for cells without ``recur``/``update``). Both support
+            ``jax.grad``, ``jax.jvp``, ``jit``, ``vmap`` and higher-order derivatives.
         method: ``"sequential"`` (default, ``lax.scan``), or evaluation in parallel over
             time by :func:`seqjax.parallel.unroll_parallel`: ``"associative"`` (cells with
             ``coefficients``: minGRU, minLSTM, LRU), ``"deer"`` or ``"quasi_deer"`` (any
             cell; Newton iterations that fall back to the sequential scan when they do not
-            converge). Same results; ``truncate``, ``unroll``, ``hoist_projection`` and
-            ``backward`` apply to the sequential method only.
+            converge). Same results; ``truncate``, ``unroll``, ``hoist_projection``,
+            ``backward`` and ``remat`` apply to the sequential method only.
+        remat: rematerialisation over time, trading compute for BPTT memory. An int ``k``
+            runs the scan as ``T // k`` chunks of ``k`` steps (and a last chunk of
+            ``T % k``), each under ``jax.checkpoint``: the forward pass keeps only the carry
+            at chunk borders, and the backward pass recomputes one chunk at a time, so the
+            memory for saved activations grows like ``T / k + k`` steps instead of ``T``
+            (``k ~ sqrt(T)`` gives sqrt(T)) for about one extra forward pass. A tuple
+            ``(k1, k2, ...)`` nests the chunking (chunks of ``k1`` steps made of checkpointed
+            chunks of ``k2``, ...), for memory growing like ``T**(1/(d+1))`` with ``d``
+            levels. Values and gradients are unchanged. Uses the autodiff derivative
+            (``backward="custom"`` with ``remat`` raises).
 
     Returns:
         ``(carry, ys)``: the final carry (leaves ``[*B, H]``) and outputs ``[T, *B, H]`` in
@@ -185,7 +198,8 @@ def unroll(
     Raises:
         TypeError: ``xs`` is not floating, ``lengths`` not integer or ``resets`` not bool.
         ValueError: a shape does not match the cell, ``lengths`` lies outside ``[0, T]``,
-            ``truncate`` is not a positive int, or ``backward`` is not a known value.
+            ``truncate`` is not a positive int, ``remat`` is not a positive int or a tuple of
+            them, or ``backward`` is not a known value (or is ``"custom"`` with ``remat``).
         TypeError: ``backward="custom"`` for a cell without ``recur`` and ``update``.
 
     Example:
@@ -200,9 +214,12 @@ def unroll(
         >>> bool((ys[4:, 1] == 0).all())
         True
     """
+    remat = _remat_schedule(remat)
     if method != "sequential":
         if truncate is not None:
             raise ValueError(f"unroll: truncate applies to method='sequential'; got {method!r}")
+        if remat:
+            raise ValueError(f"unroll: remat applies to method='sequential'; got {method!r}")
         return unroll_parallel(
             cell, params, xs, carry, method=method, lengths=lengths, reverse=reverse,
             resets=resets, time_axis=time_axis,
@@ -220,7 +237,12 @@ def unroll(
         hoist_projection = _hoist_default()
     if unroll is None:
         unroll = _SCAN_UNROLL.get(jax.default_backend(), 1)
-    if _resolve_backward(cell, backward) == "custom":
+    if remat and backward == "custom":
+        raise ValueError(
+            "unroll: remat uses the autodiff derivative; got backward='custom' "
+            "(use backward='auto' or 'autodiff')"
+        )
+    if not remat and _resolve_backward(cell, backward) == "custom":
         platform = jax.default_backend()
         carry, ys = _backward.structured_unroll(
             cell,
@@ -271,8 +293,61 @@ def unroll(
         valid = t < lengths  # [*B]
         return select(valid, new_carry, carry), jnp.where(valid[..., None], y, jnp.zeros_like(y))
 
-    carry, ys = jax.lax.scan(body, carry, (steps, inputs, resets), reverse=reverse, unroll=unroll)
+    carry, ys = _scan(body, carry, (steps, inputs, resets), reverse, unroll, remat)
     return carry, jnp.moveaxis(ys, 0, axis)
+
+
+def _remat_schedule(remat) -> tuple[int, ...]:
+    """``unroll``'s ``remat`` as a tuple of chunk sizes, outermost first (``()``: none)."""
+    if remat is None:
+        return ()
+    sizes = remat if isinstance(remat, tuple | list) else (remat,)
+    if not sizes or any(isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1
+                        for k in sizes):  # fmt: skip
+        raise ValueError(
+            f"unroll: remat must be None, a positive int or a tuple of them; got {remat!r}"
+        )
+    return tuple(int(k) for k in sizes)
+
+
+def _scan(body, carry, xs, reverse: bool, unroll, remat: tuple[int, ...]):
+    """``lax.scan(body, carry, xs)``, run as checkpointed chunks of ``remat[0]`` steps.
+
+    The steps that do not fill a whole chunk (the last ``T % k``) run in a plain scan after
+    the chunks (before them when ``reverse``), so any ``T`` works. Each chunk is itself
+    scanned with the rest of the schedule.
+    """
+    if not remat:
+        return jax.lax.scan(body, carry, xs, reverse=reverse, unroll=unroll)
+    size, inner = remat[0], remat[1:]
+    num_steps = jax.tree.leaves(xs)[0].shape[0]
+    whole = num_steps - num_steps % size
+    head = jax.tree.map(lambda a: a[:whole].reshape(whole // size, size, *a.shape[1:]), xs)
+    tail = jax.tree.map(lambda a: a[whole:], xs)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)  # inside a scan, CSE cannot leak
+    def chunk(carry, xs):
+        return _scan(body, carry, xs, reverse, unroll, inner)
+
+    def run_head(carry):
+        if whole == 0:
+            return carry, None
+        carry, ys = jax.lax.scan(chunk, carry, head, reverse=reverse)
+        return carry, jax.tree.map(lambda a: a.reshape(whole, *a.shape[2:]), ys)
+
+    def run_tail(carry):
+        if whole == num_steps:
+            return carry, None
+        return jax.lax.scan(body, carry, tail, reverse=reverse, unroll=unroll)
+
+    if reverse:
+        carry, ys_tail = run_tail(carry)
+        carry, ys_head = run_head(carry)
+    else:
+        carry, ys_head = run_head(carry)
+        carry, ys_tail = run_tail(carry)
+    parts = [ys for ys in (ys_head, ys_tail) if ys is not None]
+    return carry, jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
 def unroll_reference(
