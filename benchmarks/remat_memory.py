@@ -13,9 +13,10 @@ contender's gradients are checked against the plain ones (the script fails other
 Memory, two ways:
 * ``temp MB``: XLA's buffer assignment for the compiled program (``memory_analysis``:
   temporaries, i.e. everything but the arguments and outputs). Exact for what XLA allocates.
-* ``RSS MB`` (not in ``--quick``): each contender run alone in a fresh subprocess; the peak
-  resident set (``ru_maxrss``) during one call minus the resident set just before it (after
-  compiling and placing the inputs). What the operating system saw.
+* ``RSS MB`` (not in ``--quick``; Linux): each contender run alone in a fresh subprocess;
+  the peak resident set during one call (``VmHWM``, reset just before it) minus the
+  resident set just before it (after compiling and placing the inputs). What the operating
+  system saw.
 
 Usage::
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import json
-import resource
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -72,20 +72,30 @@ def inputs(cell_name: str, t: int, size: dict):
     return cell, params, xs
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 1e6
+def _status_mb(field: str) -> float:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1e3  # kB
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(cell_name: str, t: int, label: str, size: dict) -> None:
-    """Run one contender once in this fresh process; print its memory as JSON."""
+    """Run one contender once in this fresh process; print its memory as JSON.
+
+    The peak is this process's own high-water mark (``VmHWM``), reset just before the call
+    (``/proc/self/clear_refs``), not ``ru_maxrss``, which a child inherits from the parent
+    that forked it.
+    """
     cell, params, xs = inputs(cell_name, t, size)
     compiled = jax.jit(make_grad(cell, schedules(t)[label])).lower(params, xs).compile()
     jax.block_until_ready((params, xs))
-    before = _rss_mb()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set
+    before = _status_mb("VmRSS")
     jax.block_until_ready(compiled(params, xs))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # kB on Linux
-    print(json.dumps({"rss_before_mb": before, "rss_peak_mb": peak}))
+    print(json.dumps({"rss_before_mb": before, "rss_peak_mb": _status_mb("VmHWM")}))
 
 
 def rss_above_baseline(cell_name: str, t: int, label: str, size: dict) -> float | None:
