@@ -9,7 +9,7 @@ import pytest
 
 from seqjax import Bidirectional, Stack, unroll, unroll_reference
 from tests.conftest import random_like, tree_allclose
-from tests.registry import CELLS, every_cell
+from tests.registry import CELLS, every_carry_kind, every_cell
 
 T = 6
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 scan vs per-step loop: same ops, different fusion
@@ -72,7 +72,7 @@ def test_projection_placement_and_scan_unroll_do_not_change_results(cell, key, h
     tree_allclose(got, unroll_reference(cell, params, xs, lengths=lengths, reverse=True), **TOL)
 
 
-@every_cell
+@every_carry_kind
 def test_lengths_zero_returns_initial_carry_and_zero_outputs(cell, key):
     params = cell.init(key)
     carry = _random_carry(cell, (2,))
@@ -84,7 +84,7 @@ def test_lengths_zero_returns_initial_carry_and_zero_outputs(cell, key):
         assert not bool(jnp.any(ys))
 
 
-@every_cell
+@every_carry_kind
 def test_full_lengths_equal_no_lengths(cell, key):
     params = cell.init(key)
     xs = _inputs(cell, (3,))
@@ -96,7 +96,7 @@ def test_full_lengths_equal_no_lengths(cell, key):
         )
 
 
-@every_cell
+@every_carry_kind
 def test_padding_values_do_not_matter(cell, key):
     """Whatever lies past a sequence's length changes nothing, forwards or backwards."""
     params = cell.init(key)
@@ -113,7 +113,7 @@ def test_padding_values_do_not_matter(cell, key):
         )
 
 
-@every_cell
+@every_carry_kind
 def test_batch_major_equals_time_major(cell, key):
     params = cell.init(key)
     xs = _inputs(cell, (3,))
@@ -145,7 +145,7 @@ def test_unroll_under_jit_vmap_and_grad(cell, key):
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
 
 
-@every_cell
+@every_carry_kind
 def test_compiled_program_size_does_not_grow_with_T(cell, key):
     """One scan body whatever T: the lowered text at T=1000 and T=9000 has the same length.
 
@@ -221,7 +221,7 @@ def test_resets_equal_plain_loop(cell, key, reverse):
     tree_allclose(got, want, **TOL)
 
 
-@every_cell
+@every_carry_kind
 def test_resets_on_padded_steps_do_nothing(cell, key):
     """A reset past a sequence's length neither changes its final carry nor, reversed, its ys."""
     params = cell.init(key)
@@ -285,7 +285,7 @@ def test_truncate_every_step(name, key):
     test_truncate_equals_windows_cut_by_hand(CELLS[name], key, 1)
 
 
-@every_cell
+@every_carry_kind
 def test_truncate_at_T_or_more_is_full_bptt(cell, key):
     params = cell.init(key)
     xs = _inputs(cell, (2,))
