@@ -1,4 +1,4 @@
-"""Echo-state networks: readouts (ridge, online RLS, gradient), and closed-loop forecasting.
+"""Echo-state networks: readouts (ridge, online RLS, FORCE, gradient), closed-loop forecasting.
 
 The reservoir is :class:`seqjax.EchoStateCell`, a cell like any other, so its states come
 from :func:`seqjax.unroll` (``_, states = unroll(cell, params, xs)``); this module fits and
@@ -12,6 +12,14 @@ common path::
 Readout features are the reservoir state ``x_t`` ``[*B, H]``, followed by the input
 ``u_t`` ``[*B, I]`` when ``input_to_readout`` (``F = H`` or ``H + I``); a readout is a
 :class:`seqjax.DenseParams` ``(w [F, O], b [O])``, ``y = features @ w + b``.
+
+FORCE learning (Sussillo & Abbott 2009) runs a reservoir driven by its own readout through
+fixed feedback weights ``W_fb`` ``[O, H]`` and trains the readout by RLS at every step,
+in one ``lax.scan`` (:func:`force_train`); :func:`force_run` then runs it closed loop::
+
+    w_fb = feedback_weights(key, 1, 200)                       # +-1, like ReservoirPy's
+    state, carry, _ = force_train(cell, params, w_fb, targets)     # [T, O], RLS every step
+    _, outputs = force_run(cell, params, w_fb, state.readout, carry, num_steps=300)
 
 Gradient training goes through :mod:`seqjax.train` unchanged: the fixed reservoir leaves sit
 behind ``lax.stop_gradient`` (see ``EchoStateCell.trainable``), so their gradients are zero
@@ -29,7 +37,7 @@ import jax.numpy as jnp
 from seqjax import _checks
 from seqjax._types import Array, PRNGKey
 from seqjax.cells._common import affine
-from seqjax.cells._esn import EchoStateCell, EchoStateParams, spectral_radius
+from seqjax.cells._esn import EchoStateCell, EchoStateParams, _sparse_signs, spectral_radius
 from seqjax.layers import DenseParams
 from seqjax.unroll import unroll
 
@@ -38,7 +46,11 @@ __all__ = [
     "EchoStateNetwork",
     "EchoStateNetworkParams",
     "EchoStateParams",
+    "FeedbackCarry",
     "RLSState",
+    "feedback_weights",
+    "force_run",
+    "force_train",
     "forecast",
     "from_reservoirpy",
     "nrmse",
@@ -309,6 +321,229 @@ def rls_regression(
     return state, jnp.concatenate([skipped, predictions])
 
 
+class FeedbackCarry(NamedTuple):
+    """Carry of a reservoir driven by its own readout (:func:`force_train`, :func:`force_run`)."""
+
+    x: Array  # [H] reservoir state
+    y: Array  # [O] the output fed back at the next step
+
+
+def feedback_weights(
+    key: PRNGKey,
+    output_size: int,
+    hidden_size: int,
+    *,
+    scaling: float = 1.0,
+    connectivity: float = 1.0,
+    dtype=jnp.float32,
+) -> Array:
+    """Fixed random output-feedback weights ``W_fb`` ``[O, H]``.
+
+    ``round(connectivity * O * H)`` entries (at least one) are ``+-scaling``, equally likely,
+    at uniformly drawn positions, the others zero: the draw of the reservoir's input weights
+    (ReservoirPy's ``bernoulli``, as its 0.3 ``Reservoir`` drew ``Wfb`` with ``fb_scaling``
+    and ``fb_connectivity``; ReservoirPy 0.4 feeds the readout back through ``Win`` instead,
+    ``reservoir << readout``). Sussillo & Abbott (2009) draw theirs uniform in ``[-1, 1]``;
+    any ``[O, H]`` array works in :func:`force_train`.
+
+    Example:
+        >>> import jax
+        >>> w_fb = feedback_weights(jax.random.key(0), 1, 100, connectivity=0.5)
+        >>> w_fb.shape, int((w_fb != 0).sum())
+        ((1, 100), 50)
+    """
+    where = "feedback_weights"
+    for name, value in (("output_size", output_size), ("hidden_size", hidden_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {name} must be a positive int; got {value!r}")
+    if not 0.0 < connectivity <= 1.0:
+        raise ValueError(f"{where}: connectivity must lie in (0, 1]; got {connectivity!r}")
+    count = max(1, round(connectivity * output_size * hidden_size))
+    k_positions, k_signs = jax.random.split(key)
+    signs = _sparse_signs(k_positions, k_signs, output_size * hidden_size, count, dtype)
+    return jnp.asarray(scaling, dtype) * signs.reshape(output_size, hidden_size)
+
+
+def _feedback_inputs(cell, params, w_fb, xs, num_steps, num_outputs, where):
+    """Checks ``w_fb`` and ``xs``; returns the per-step driving ``[T, I]`` inputs or None."""
+    if w_fb.shape != (num_outputs, cell.hidden_size):
+        raise ValueError(
+            f"{where}: w_fb must have shape [O, H] = [{num_outputs}, {cell.hidden_size}]; "
+            f"got {w_fb.shape}"
+        )
+    if xs is None:
+        return None
+    xs = _checks.floating_array("xs", xs, where)
+    if xs.shape != (num_steps, cell.input_size):
+        raise ValueError(
+            f"{where}: xs must have shape [T, I] = [{num_steps}, {cell.input_size}] (vmap for "
+            f"batches); got {xs.shape}"
+        )
+    return xs.astype(params.w_in.dtype)
+
+
+def _feedback_carry(cell, carry, num_outputs, dtype) -> FeedbackCarry:
+    """``carry`` in ``dtype`` (zeros when None), shapes checked."""
+    if carry is None:
+        return FeedbackCarry(cell.init_carry((), dtype), jnp.zeros((num_outputs,), dtype))
+    if carry.x.shape != (cell.hidden_size,) or carry.y.shape != (num_outputs,):
+        raise ValueError(
+            f"feedback carry must be FeedbackCarry(x [H], y [O]) = ([{cell.hidden_size}], "
+            f"[{num_outputs}]) (vmap for batches); got shapes {carry.x.shape}, {carry.y.shape}"
+        )
+    return FeedbackCarry(carry.x.astype(dtype), carry.y.astype(dtype))
+
+
+def _feedback_step(cell, params, w_fb, x, u, y):
+    """The reservoir state after one step driven by input ``u`` (None: no input) and fed-back
+    output ``y``: ``px = (u * s_in) @ W_in + s_b * b + y @ W_fb``, then the cell's step."""
+    if u is None:  # no input: the bias alone, ``project`` of a zero input
+        u = jnp.zeros((cell.input_size,), x.dtype)
+    px = cell.project(params, u) + y @ w_fb
+    return cell.step(params, x, px)[0]
+
+
+def force_train(
+    cell: EchoStateCell,
+    params: EchoStateParams,
+    w_fb: Array,
+    targets: Array,
+    xs: Array | None = None,
+    carry: FeedbackCarry | None = None,
+    state: RLSState | None = None,
+    *,
+    alpha: float = 1.0,
+    forgetting: float = 1.0,
+    teacher_forcing: bool = False,
+) -> tuple[RLSState, FeedbackCarry, Array]:
+    """FORCE learning: train the readout by RLS at every step while its output drives the
+    reservoir through fixed feedback weights, in one ``lax.scan``.
+
+    Sussillo & Abbott, "Generating coherent patterns of activity from chaotic neural
+    networks", Neuron 63 (2009). Step ``t`` (``u_t`` the optional input, ``y_{t-1}`` the
+    output fed back, ``d_t`` the target)::
+
+        x_t = (1 - a) x_{t-1} + a f(rho x_{t-1} W + (u_t s_in) W_in + s_b b + y_{t-1} W_fb)
+        readout <- rls_step(readout, x_t, d_t)          # the update of :func:`rls_step`
+        y_t = x_t @ w + b                               # with the updated readout
+
+    The fed-back ``y_t`` is the output *after* the step's update (the paper's ``z(t)``; also
+    what ReservoirPy 0.4's ``partial_fit`` feeds back): RLS keeps it close to the target from
+    the first steps, so the reservoir learns to run on its own output and, once trained,
+    :func:`force_run` continues the pattern closed loop. With ``teacher_forcing`` the target
+    ``d_{t-1}`` is fed back instead (Jaeger's teacher forcing, learned online).
+
+    Args:
+        cell, params: the reservoir; the feedback adds to the cell's projected input.
+        w_fb: ``[O, H]`` fixed feedback weights, e.g. :func:`feedback_weights`.
+        targets: ``[T, O]`` the signal to produce; ``jax.vmap`` for many series.
+        xs: ``[T, I]`` inputs driving the reservoir, or None for none (a pattern generator;
+            the reservoir then sees only its bias and the feedback).
+        carry: :class:`FeedbackCarry` ``(x [H], y [O])`` before the first step; zeros when
+            None. ``carry.y`` is fed back at the first step (teacher forcing too).
+        state: :class:`RLSState` to continue from; ``rls_init(H, O, alpha=alpha)`` when None.
+        alpha: initial ridge, ``P_0 = I / alpha`` (Sussillo & Abbott: 1 to 100).
+        forgetting: RLS forgetting factor ``lambda`` in ``(0, 1]``.
+        teacher_forcing: feed back the targets instead of the outputs.
+
+    Returns:
+        ``(state, carry, outputs)``: the RLS state (``state.readout`` is the trained readout
+        ``DenseParams (w [H, O], b [O])``), the carry after the last step (``carry.y`` the
+        value to feed back next: the last output, or the last target under teacher
+        forcing), and the outputs ``y_t`` ``[T, O]``.
+
+    Example:
+        A pattern generator without input (a chaotic reservoir, ``rho = 1.8``, tamed by
+        its feedback), trained on a sum of two sines, then run closed loop:
+
+        >>> import jax, jax.numpy as jnp
+        >>> cell = EchoStateCell(1, 200, spectral_radius=1.8, leak_rate=0.5, bias_scaling=0.2)
+        >>> params = cell.init(jax.random.key(0))
+        >>> w_fb = feedback_weights(jax.random.key(1), 1, 200)
+        >>> t = jnp.arange(2300, dtype=jnp.float32)
+        >>> target = (jnp.sin(2 * jnp.pi * t / 50) + 0.5 * jnp.sin(2 * jnp.pi * t / 25))[:, None]
+        >>> state, carry, _ = force_train(cell, params, w_fb, target[:2000])
+        >>> _, generated = force_run(cell, params, w_fb, state.readout, carry, 300)
+        >>> bool(nrmse(generated, target[2000:]) < 0.05)        # closed loop, no learning
+        True
+    """
+    where = "force_train"
+    targets = _checks.floating_array("targets", targets, where)
+    if targets.ndim != 2:
+        raise ValueError(
+            f"{where}: targets must be [T, O] (vmap for batches); got shape {targets.shape}"
+        )
+    num_steps, num_outputs = targets.shape
+    dtype = params.w_in.dtype
+    xs = _feedback_inputs(cell, params, w_fb, xs, num_steps, num_outputs, where)
+    targets = targets.astype(dtype)
+    w_fb = w_fb.astype(dtype)
+    carry = _feedback_carry(cell, carry, num_outputs, dtype)
+    if state is None:
+        state = rls_init(cell.hidden_size, num_outputs, alpha=alpha, dtype=dtype)
+    # The value fed back at each step under teacher forcing: carry.y, then the targets.
+    teacher = jnp.concatenate([carry.y[None], targets[:-1]])
+
+    def body(loop, step):
+        state, carry = loop
+        u, target, previous_target = step
+        fed_back = previous_target if teacher_forcing else carry.y
+        x = _feedback_step(cell, params, w_fb, carry.x, u, fed_back)
+        state, _ = rls_step(state, x, target, forgetting=forgetting)
+        y = affine(x, state.readout.w, state.readout.b)
+        return (state, FeedbackCarry(x, target if teacher_forcing else y)), y
+
+    (state, carry), outputs = jax.lax.scan(body, (state, carry), (xs, targets, teacher))
+    return state, carry, outputs
+
+
+def force_run(
+    cell: EchoStateCell,
+    params: EchoStateParams,
+    w_fb: Array,
+    readout: DenseParams,
+    carry: FeedbackCarry | None,
+    num_steps: int,
+    xs: Array | None = None,
+) -> tuple[FeedbackCarry, Array]:
+    """Run a reservoir closed loop through its output feedback, with a fixed readout.
+
+    The step of :func:`force_train` without learning: ``x_t`` from ``x_{t-1}``, the input
+    ``u_t`` and the fed-back ``y_{t-1}``, then ``y_t = x_t @ w + b``, fed back next.
+
+    Args:
+        cell, params, w_fb: the reservoir and its ``[O, H]`` feedback weights.
+        readout: ``DenseParams (w [H, O], b [O])``, e.g. ``force_train(...)[0].readout``.
+        carry: :class:`FeedbackCarry` ``(x [H], y [O])`` to start from, e.g. the carry
+            :func:`force_train` returns; zeros when None.
+        num_steps: ``T``.
+        xs: ``[T, I]`` inputs, or None for none.
+
+    Returns:
+        ``(carry, outputs [T, O])``. Example: see :func:`force_train`.
+    """
+    where = "force_run"
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
+        raise ValueError(f"{where}: num_steps must be an int >= 0; got {num_steps!r}")
+    num_outputs = readout.b.shape[-1]
+    if readout.w.shape != (cell.hidden_size, num_outputs):
+        raise ValueError(
+            f"{where}: readout.w must have shape [H, O] = [{cell.hidden_size}, {num_outputs}]; "
+            f"got {readout.w.shape}"
+        )
+    dtype = params.w_in.dtype
+    xs = _feedback_inputs(cell, params, w_fb, xs, num_steps, num_outputs, where)
+    w_fb = w_fb.astype(dtype)
+    carry = _feedback_carry(cell, carry, num_outputs, dtype)
+
+    def body(carry, u):
+        x = _feedback_step(cell, params, w_fb, carry.x, u, carry.y)
+        y = affine(x, readout.w, readout.b).astype(dtype)
+        return FeedbackCarry(x, y), y
+
+    return jax.lax.scan(body, carry, xs, length=num_steps)
+
+
 def forecast(
     cell: EchoStateCell,
     params: EchoStateParams,
@@ -418,7 +653,7 @@ class EchoStateNetwork:
         >>> import jax, jax.numpy as jnp
         >>> from seqjax.series import mackey_glass
         >>> series = jnp.asarray(mackey_glass(700, discard=300), jnp.float32)[:, None]
-        >>> esn = EchoStateNetwork(EchoStateCell(1, 200, spectral_radius=1.25,
+        >>> esn = EchoStateNetwork(EchoStateCell(1, 200, spectral_radius=0.9,
         ...                                      leak_rate=0.3, input_scaling=0.5), 1)
         >>> params = esn.fit(esn.init(jax.random.key(0)), series[:500], series[1:501],
         ...                  ridge=1e-6, washout=100)

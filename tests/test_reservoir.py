@@ -15,11 +15,18 @@ import pytest
 from jax.experimental import sparse as jsparse
 
 from seqjax import DenseParams, EchoStateCell, EchoStateNetwork, bptt_step, unroll
+from seqjax.cells._esn import _uniform_positions
 from seqjax.reservoir import (
+    FeedbackCarry,
+    feedback_weights,
+    force_run,
+    force_train,
     forecast,
     from_reservoirpy,
+    nrmse,
     readout_features,
     ridge_regression,
+    rls_init,
     rls_regression,
     spectral_radius,
 )
@@ -76,15 +83,25 @@ def test_float32_and_float64_draw_the_same_reservoir(key):
     np.testing.assert_allclose(np.asarray(w32, np.float64), np.asarray(w64), rtol=1e-4)
 
 
-def test_reservoir_has_the_spectral_radius_asked_for_dense_or_sparse():
-    kwargs = dict(spectral_radius=1.25, leak_rate=0.3, connectivity=0.05, bias_scaling=0.2)
+@pytest.mark.parametrize("fixed_fan_in", [False, True], ids=["uniform", "fixed_fan_in"])
+def test_reservoir_has_the_spectral_radius_asked_for_dense_or_sparse(fixed_fan_in):
+    kwargs = dict(
+        spectral_radius=1.25,
+        leak_rate=0.3,
+        connectivity=0.05,
+        bias_scaling=0.2,
+        fixed_fan_in=fixed_fan_in,
+    )
     dense_cell = EchoStateCell(1, 150, sparse=False, **kwargs)
     sparse_cell = EchoStateCell(1, 150, sparse=True, **kwargs)
     key = jax.random.key(3)
     dense, sparse = dense_cell.init(key), sparse_cell.init(key)
     assert isinstance(sparse.w, jsparse.BCOO) and not isinstance(dense.w, jsparse.BCOO)
-    # Nonzeros per unit (column of the (in, out) matrix) is exactly the fan-in.
-    assert (np.asarray(dense.w != 0).sum(axis=0) == dense_cell.fan_in).all()
+    fan_in = np.asarray(dense.w != 0).sum(axis=0)  # nonzeros per column of the (in, out) matrix
+    if fixed_fan_in:
+        assert (fan_in == dense_cell.fan_in).all()
+    else:  # ReservoirPy's draw: round(c H^2) entries anywhere, so the fan-in varies
+        assert fan_in.sum() == round(0.05 * 150 * 150) and fan_in.std() > 1.0
     rho = _largest_abs_eigenvalue(dense.w) * float(dense.spectral_radius)
     np.testing.assert_allclose(rho, 1.25, rtol=1e-3)
     # Same draws whatever the storage, so the same states.
@@ -93,6 +110,23 @@ def test_reservoir_has_the_spectral_radius_asked_for_dense_or_sparse():
     _, ys_dense = unroll(dense_cell, dense, xs)
     _, ys_sparse = unroll(sparse_cell, sparse, xs)
     np.testing.assert_allclose(ys_sparse, ys_dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank_limit", [2**24, 0], ids=["ranks", "redraws"])
+def test_uniform_positions_are_distinct_and_spread_like_reservoirpys(rank_limit):
+    """Both ways of drawing ``count`` distinct entries of an [H, H] matrix (ranks of H^2
+    uniforms; redrawing repeats, used past 4096 units): every entry distinct, sorted by
+    (dst, src), and per-unit counts spread like a binomial, as scipy's random_array's do."""
+    hidden, count = 400, 8000  # connectivity 0.05
+    draw = jax.jit(_uniform_positions, static_argnums=(1, 2, 3))
+    src, dst = (np.asarray(a) for a in draw(jax.random.key(0), hidden, count, rank_limit))
+    assert src.shape == dst.shape == (count,)
+    assert src.min() >= 0 and dst.min() >= 0 and max(src.max(), dst.max()) < hidden
+    flat = dst.astype(np.int64) * hidden + src
+    assert len(np.unique(flat)) == count and (np.diff(flat) > 0).all()
+    binomial_std = np.sqrt(hidden * 0.05 * 0.95)  # 4.36
+    for counts in (np.bincount(dst, minlength=hidden), np.bincount(src, minlength=hidden)):
+        assert abs(counts.std() / binomial_std - 1) < 0.15
 
 
 def test_spectral_radius_handles_a_dominant_complex_pair_and_non_normal_matrices():
@@ -167,6 +201,7 @@ def test_fixed_leaves_get_zero_gradients_unless_trainable(key):
         ({"connectivity": 1.5}, "connectivity must lie in"),
         ({"spectral_radius": -1.0}, "spectral_radius must be >= 0"),
         ({"trainable": ("weights",)}, "trainable must name fields"),
+        ({"fixed_fan_in": 1}, "fixed_fan_in must be a bool"),
     ],
 )
 def test_bad_hyperparameters_are_named(kwargs, match):
@@ -306,6 +341,131 @@ def test_esn_learns_mackey_glass_and_forecasts_closed_loop():
     assert float(jnp.sqrt(jnp.mean((closed - series[800:884]) ** 2))) < 0.05
 
 
+# ----------------------------------------------------------------------------- FORCE
+
+
+def _np_feedback_step(params, w_fb, x, u, fed):
+    """The leaky-integrator equation with a feedback term, in float64 NumPy."""
+    w, w_in = np.asarray(params.w, np.float64), np.asarray(params.w_in, np.float64)
+    b, a = np.asarray(params.b, np.float64), np.asarray(params.leak_rate, np.float64)
+    rho, s_in = float(params.spectral_radius), np.asarray(params.input_scaling, np.float64)
+    pre = rho * x @ w + (u * s_in) @ w_in + float(params.bias_scaling) * b + fed @ w_fb
+    return (1 - a) * x + a * np.tanh(pre)
+
+
+def _force_reference(cell, params, w_fb, targets, xs, alpha, forgetting, teacher_forcing):
+    """FORCE in NumPy, one step at a time, with Sussillo & Abbott's RLS written out (not
+    seqjax's rls_step)."""
+    w_fb, targets = np.asarray(w_fb, np.float64), np.asarray(targets, np.float64)
+    hidden, outputs = cell.hidden_size, targets.shape[1]
+    x, fed = np.zeros(hidden), np.zeros(outputs)
+    wb = np.zeros((hidden + 1, outputs))  # [w; b]: the bias as the weight of a constant 1
+    p = np.eye(hidden + 1) / alpha
+    ys = []
+    for t, target in enumerate(targets):
+        u = np.zeros(cell.input_size) if xs is None else np.asarray(xs[t], np.float64)
+        x = _np_feedback_step(params, w_fb, x, u, fed)
+        r = np.append(x, 1.0)
+        error = r @ wb - target  # before the update
+        pr = p @ r
+        gain = pr / (forgetting + r @ pr)
+        p = (p - np.outer(gain, pr)) / forgetting
+        wb = wb - np.outer(gain, error)
+        y = r @ wb
+        ys.append(y)
+        fed = target if teacher_forcing else y
+    return wb, x, fed, np.stack(ys)
+
+
+@pytest.mark.parametrize("teacher_forcing", [False, True], ids=["own_output", "teacher"])
+@pytest.mark.parametrize("with_input", [False, True], ids=["no_input", "input"])
+def test_force_train_equals_step_by_step_reference(key, teacher_forcing, with_input):
+    cell = EchoStateCell(
+        2,
+        12,
+        spectral_radius=1.3,
+        leak_rate=0.6,
+        bias_scaling=0.3,
+        connectivity=0.5,
+        input_connectivity=0.5,
+    )
+    params = cell.init(key, jnp.float64)
+    w_fb = feedback_weights(jax.random.key(1), 2, 12, scaling=0.7, dtype=jnp.float64)
+    steps = 40
+    t = jnp.arange(steps, dtype=jnp.float64)
+    targets = jnp.stack([jnp.sin(t / 3), jnp.cos(t / 5)], axis=-1)
+    xs = jax.random.normal(jax.random.key(2), (steps, 2), jnp.float64) if with_input else None
+    kwargs = dict(alpha=0.5, forgetting=0.98, teacher_forcing=teacher_forcing)
+    state, carry, ys = force_train(cell, params, w_fb, targets, xs, **kwargs)
+    wb, x, fed, want = _force_reference(cell, params, w_fb, targets, xs, **kwargs)
+    # float64 arithmetic in both; observed differences ~1e-13
+    np.testing.assert_allclose(ys, want, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(state.readout.w, wb[:-1], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(state.readout.b, wb[-1], rtol=0, atol=1e-8)
+    np.testing.assert_allclose(carry.x, x, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(carry.y, fed, rtol=0, atol=1e-9)
+    # Two calls chained through (state, carry) are one call.
+    first, rest = (None, None) if xs is None else (xs[:25], xs[25:])
+    s1, c1, y1 = force_train(cell, params, w_fb, targets[:25], first, **kwargs)
+    _, _, y2 = force_train(cell, params, w_fb, targets[25:], rest, c1, s1, **kwargs)
+    np.testing.assert_allclose(jnp.concatenate([y1, y2]), ys, rtol=0, atol=1e-12)
+    # force_run: the same step without learning, from the trained readout and the carry.
+    run_xs = None if xs is None else xs[:10]
+    _, run = force_run(cell, params, w_fb, state.readout, carry, 10, xs=run_xs)
+    x, fed, expected = np.asarray(carry.x), np.asarray(carry.y), []
+    for k in range(10):
+        u = np.zeros(2) if xs is None else np.asarray(xs[k])
+        x = _np_feedback_step(params, np.asarray(w_fb), x, u, fed)
+        fed = x @ wb[:-1] + wb[-1]
+        expected.append(fed)
+    np.testing.assert_allclose(run, np.stack(expected), rtol=0, atol=1e-9)
+
+
+def test_force_learns_a_periodic_pattern_that_runs_on_closed_loop():
+    """Sussillo & Abbott's task: a chaotic reservoir (rho 1.8) learns by FORCE to produce a
+    sum of sines from its own feedback, then keeps producing it with learning switched off.
+    Over 48 seeds (reservoir, feedback; float32) the 300-step closed-loop NRMSE had median
+    2.6e-3 and maximum 1.8e-2."""
+    cell = EchoStateCell(1, 200, spectral_radius=1.8, leak_rate=0.5, bias_scaling=0.2)
+    params = cell.init(jax.random.key(0))
+    w_fb = feedback_weights(jax.random.key(1), 1, 200)
+    t = jnp.arange(2300, dtype=jnp.float32)
+    target = (jnp.sin(2 * jnp.pi * t / 50) + 0.5 * jnp.sin(2 * jnp.pi * t / 25))[:, None]
+    state, carry, outputs = force_train(cell, params, w_fb, target[:2000])
+    assert float(nrmse(outputs[-500:], target[1500:2000])) < 1e-2  # online, after the update
+    _, generated = force_run(cell, params, w_fb, state.readout, carry, 300)
+    assert float(nrmse(generated, target[2000:])) < 0.05
+    # Without the trained readout the same reservoir produces nothing like the target.
+    zero = rls_init(200, 1).readout
+    _, untrained = force_run(cell, params, w_fb, zero, carry, 300)
+    assert float(nrmse(untrained, target[2000:])) > 0.5
+    # Many series at once: vmap over targets (one readout per series).
+    batched = jax.vmap(lambda d: force_train(cell, params, w_fb, d)[2])(
+        jnp.stack([target[:200], -target[:200]])
+    )
+    np.testing.assert_allclose(batched[0], outputs[:200], rtol=1e-4, atol=1e-5)
+
+
+def test_force_errors_are_named(key):
+    cell = EchoStateCell(1, 10)
+    params = cell.init(key)
+    targets = jnp.zeros((5, 2), jnp.float32)
+    w_fb = feedback_weights(key, 2, 10)
+    with pytest.raises(ValueError, match=r"w_fb must have shape \[O, H\] = \[2, 10\]"):
+        force_train(cell, params, w_fb[:1], targets)
+    with pytest.raises(ValueError, match="targets must be \\[T, O\\]"):
+        force_train(cell, params, w_fb, targets[None])
+    with pytest.raises(ValueError, match="xs must have shape"):
+        force_train(cell, params, w_fb, targets, jnp.zeros((4, 1), jnp.float32))
+    with pytest.raises(ValueError, match="readout.w must have shape"):
+        force_run(cell, params, w_fb, rls_init(9, 2).readout, None, 3)
+    with pytest.raises(ValueError, match="feedback carry must be"):
+        bad = FeedbackCarry(jnp.zeros((2, 10), jnp.float32), jnp.zeros((2,), jnp.float32))
+        force_train(cell, params, w_fb, targets, carry=bad)
+    with pytest.raises(ValueError, match="connectivity must lie in"):
+        feedback_weights(key, 1, 10, connectivity=0.0)
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -342,9 +502,10 @@ def test_readout_trains_by_gradient_with_seqjax_train():
 
 
 def test_esn_forecast_example_quick(tmp_path):
-    cmd = [sys.executable, "examples/esn_forecast.py", "--quick", "--out", str(tmp_path)]
+    cmd = [sys.executable, "examples/esn_forecast.py", "--quick", "--force", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "one-step NRMSE" in proc.stdout and "closed-loop NRMSE" in proc.stdout
+    assert "FORCE closed-loop NRMSE" in proc.stdout
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "esn_forecast.png").stat().st_size > 1000
