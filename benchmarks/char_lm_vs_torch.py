@@ -32,15 +32,23 @@ chunk's time covers building its windows (numpy), the updates and waiting for th
 and compiled ahead of time (``compile_s``, not in the timings). The first ``--warmup`` chunks
 are trained but not timed, on both sides. ``--repeats`` and ``--min-sample-ms`` do not apply.
 
+Devices: PyTorch runs its ops on every usable core (``torch.set_num_threads``); an XLA:CPU
+scan runs its per-step matmuls on one. ``--devices 1,2`` (the default) trains seqjax twice
+per seed, on one device and with the streams split over 2 host devices
+(``train_char_lm(devices=2)``, i.e. ``seqjax train-charlm --devices 2``: ``shard_map``, a
+gradient ``psum`` per update), interleaved with PyTorch in one process that holds the
+largest count of host devices (set before JAX initialises).
+
 Script flags (besides the harness's ``--quick``, ``--out``, ``--warmup``): ``--steps N``
 (updates per run, default 3000), ``--max-bytes N`` (corpus prefix; default: the whole
 default corpus), ``--seeds N`` (runs per library, default 2), ``--chunk N`` (windows per
-compiled call, default 25 as ``train_char_lm``).
+compiled call, default 25 as ``train_char_lm``), ``--devices LIST`` (seqjax device counts,
+default ``1,2``).
 
 Usage::
 
     python benchmarks/char_lm_vs_torch.py                  # -> benchmarks/results/
-    python benchmarks/char_lm_vs_torch.py --steps 1000 --seeds 1
+    python benchmarks/char_lm_vs_torch.py --steps 1000 --seeds 1 --devices 2
     python benchmarks/char_lm_vs_torch.py --quick --out /tmp/bench
 """
 
@@ -52,20 +60,45 @@ import functools
 import math
 import os
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 
-import _harness as h
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from seqjax import char_lm, data, train
-from seqjax.interop.torch import params_to_torch
+def _device_counts(text: str) -> list[int]:
+    try:
+        counts = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        counts = []
+    if not counts or counts[0] < 1:
+        raise SystemExit(f"--devices: a comma-separated list of positive ints; got {text!r}")
+    return counts
+
+
+DEFAULT_DEVICES = "1,2"
+
+if __name__ == "__main__":  # host devices must exist before JAX initialises
+    import jax
+
+    _text = DEFAULT_DEVICES
+    for _i, _arg in enumerate(sys.argv):
+        if _arg == "--devices" and _i + 1 < len(sys.argv):
+            _text = sys.argv[_i + 1]
+        elif _arg.startswith("--devices="):
+            _text = _arg.split("=", 1)[1]
+    jax.config.update("jax_num_cpu_devices", max(_device_counts(_text)))
+
+import _harness as h  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from seqjax import char_lm, data, train  # noqa: E402
+from seqjax.interop.torch import params_to_torch  # noqa: E402
 
 SCRIPT = "char_lm_vs_torch"
 TITLE = "seqjax.char_lm vs a PyTorch nn.LSTM char-LM (same data, size, optimizer, updates)"
@@ -86,9 +119,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     own.add_argument("--max-bytes", type=int, default=None, help="corpus prefix in bytes")
     own.add_argument("--seeds", type=int, default=None, help="runs per library (default 2)")
     own.add_argument("--chunk", type=int, default=None, help="windows per call (default 25)")
+    own.add_argument("--devices", default=DEFAULT_DEVICES, help="seqjax device counts, e.g. 1,2")
     mine, rest = own.parse_known_args(argv)
     description = __doc__.splitlines()[0] + (
-        " Also: --steps N, --max-bytes N, --seeds N, --chunk N (see the module docstring)."
+        " Also: --steps N, --max-bytes N, --seeds N, --chunk N, --devices LIST (see the "
+        "module docstring)."
     )
     args = h.parse_args(description, rest)
     if args.quick:
@@ -107,6 +142,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         )
     for name in ("steps", "max_bytes", "seeds", "chunk"):
         setattr(args, name, getattr(mine, name))
+    args.devices = _device_counts(mine.devices)
+    if args.devices[-1] > jax.device_count():
+        raise SystemExit(
+            f"{SCRIPT}: --devices {mine.devices} needs {args.devices[-1]} devices; JAX has "
+            f"{jax.device_count()} (the count is set only when run as a script)"
+        )
     return args
 
 
@@ -252,15 +293,22 @@ def initial_state(model: char_lm.CharLM) -> char_lm.TrainState:
 
 
 class SeqjaxRun:
-    """seqjax as a user trains it: ``new_state`` and ``make_chunk_fn``, compiled up front."""
+    """seqjax as a user trains it: ``new_state`` and ``make_chunk_fn``, compiled up front.
+
+    With ``devices > 1``, as ``train_char_lm(devices=...)``: the state placed on the mesh
+    (carries split by stream) and each chunk's windows split by stream.
+    """
 
     library = "seqjax"
 
-    def __init__(self, config, corpus, chunk: int):
+    def __init__(self, config, corpus, chunk: int, devices: int = 1):
         self.config, self.corpus, self.chunk = config, corpus, chunk
+        self.devices = devices
+        self.name = "seqjax" if devices == 1 else f"seqjax x{devices}"
+        self.mesh = char_lm.device_mesh(devices, config.batch_size)
         self.model = char_lm.CharLM(config)
-        self.state = initial_state(self.model)
-        run = char_lm.make_chunk_fn(self.model)
+        self.state = char_lm.place_state(initial_state(self.model), self.mesh)
+        run = char_lm.make_chunk_fn(self.model, self.mesh)
         windows = self._windows(0)
         t0 = time.perf_counter()
         lowered = run.lower(self.state, windows)
@@ -273,7 +321,7 @@ class SeqjaxRun:
 
     def _windows(self, first: int):
         arrays = char_lm._windows(self.config, self.corpus.streams, first, self.chunk)
-        return tuple(jnp.asarray(a) for a in arrays)
+        return char_lm.place_windows(arrays, self.mesh)
 
     def train_chunk(self, first: int) -> None:
         self.state, metrics = self.compiled(self.state, self._windows(first))
@@ -289,6 +337,8 @@ class TorchRun:
     """The PyTorch char-LM on the same windows, with PyTorch's default initialisation."""
 
     library = "torch"
+    name = "torch"
+    devices = None
 
     def __init__(self, config, corpus, chunk: int):
         self.config, self.corpus, self.chunk = config, corpus, chunk
@@ -363,7 +413,8 @@ def _stats_ms(seconds: Sequence[float], per: int) -> dict:
 def train_pair(args, seed: int, check: dict) -> list[dict]:
     config = make_config(args, seed)
     corpus = char_lm.load(config)
-    sides = [SeqjaxRun(config, corpus, args.chunk), TorchRun(config, corpus, args.chunk)]
+    sides = [SeqjaxRun(config, corpus, args.chunk, d) for d in args.devices]
+    sides.append(TorchRun(config, corpus, args.chunk))
     chunks = args.steps // args.chunk
     times: list[list[float]] = [[] for _ in sides]
     others: list[list[float | None]] = [[] for _ in sides]
@@ -387,7 +438,7 @@ def train_pair(args, seed: int, check: dict) -> list[dict]:
             print(
                 f"  seed {seed}: {(c + 1) * args.chunk}/{args.steps} updates, "
                 + ", ".join(
-                    f"{s.library} loss {float(s.losses[-1].mean()):.3f} "
+                    f"{s.name} loss {float(s.losses[-1].mean()):.3f} "
                     f"{args.chunk * len(t) / max(sum(t), 1e-9):.1f} upd/s"
                     for s, t in zip(sides, times, strict=True)
                 )
@@ -411,7 +462,8 @@ def train_pair(args, seed: int, check: dict) -> list[dict]:
         rows.append(
             {
                 "library": side.library,
-                "label": f"{side.library} seed {seed}",
+                "devices": side.devices,
+                "label": f"{side.name} seed {seed}",
                 "seed": seed,
                 "steps": int(len(losses)),
                 "chunk": args.chunk,
@@ -453,7 +505,7 @@ def train_pair(args, seed: int, check: dict) -> list[dict]:
             }
         )
         print(
-            f"  {side.library:<6} seed {seed}: held-out {bpc:.4f} bpc, final train loss "
+            f"  {side.name:<9} seed {seed}: held-out {bpc:.4f} bpc, final train loss "
             f"{float(last.mean()):.4f}, {updates_per_s:.2f} updates/s, "
             f"{updates_per_s * per_window:,.0f} chars/s"
         )
@@ -521,46 +573,57 @@ def _ms(row: dict) -> str:
     return f"{row['median_ms']:.2f} ({row['q1_ms']:.2f}-{row['q3_ms']:.2f})"
 
 
+def _devices_of(row: dict) -> int:
+    return row.get("devices") or 1  # rows written before --devices existed: one device
+
+
 def summarize(rows: Sequence[dict]) -> str:
     pairs: dict = {}
     for r in rows:
-        pairs.setdefault(r["seed"], {})[r["library"]] = r
+        key = "torch" if r["library"] == "torch" else _devices_of(r)
+        pairs.setdefault(r["seed"], {})[key] = r
+    counts = sorted({_devices_of(r) for r in rows if r["library"] == "seqjax"})
     table = []
     for seed, p in sorted(pairs.items()):
-        s, t = p["seqjax"], p["torch"]
-        ratio = s["median_ms"] / t["median_ms"]
-        overlap = s["q1_ms"] <= t["q3_ms"] and t["q1_ms"] <= s["q3_ms"]
-        verdict = "tie" if overlap else ("seqjax faster" if ratio < 1 else "seqjax SLOWER")
-        table.append(
-            {
-                "seed": seed,
-                "bpc": f"{s['heldout_bpc']:.4f} / {t['heldout_bpc']:.4f}",
-                "dbpc": s["heldout_bpc"] - t["heldout_bpc"],
-                "train": f"{s['final_train_loss']:.4f} / {t['final_train_loss']:.4f}",
-                "seqjax": _ms(s),
-                "torch": _ms(t),
-                "ups": f"{s['updates_per_s']:.2f} / {t['updates_per_s']:.2f}",
-                "cps": f"{s['chars_per_s']:,.0f} / {t['chars_per_s']:,.0f}",
-                "ratio": ratio,
-                "verdict": verdict,
-                "speedup": s["updates_per_s"] / t["updates_per_s"],
-                "others": f"{s['others_cores_median']:.2f} / {t['others_cores_median']:.2f}"
-                if s["others_cores_median"] is not None and t["others_cores_median"] is not None
-                else "",
-                "quiet": (
-                    f"{s['quiet_median_ms']:.2f} / {t['quiet_median_ms']:.2f} "
-                    f"({s['quiet_chunks']} / {t['quiet_chunks']})"
-                )
-                if s["quiet_chunks"] and t["quiet_chunks"]
-                else f"too few ({s['quiet_chunks']} / {t['quiet_chunks']})",
-                "quiet_ratio": s["quiet_median_ms"] / t["quiet_median_ms"]
-                if s["quiet_chunks"] and t["quiet_chunks"]
-                else None,
-            }
-        )
+        t = p["torch"]
+        for d in counts:
+            s = p[d]
+            ratio = s["median_ms"] / t["median_ms"]
+            overlap = s["q1_ms"] <= t["q3_ms"] and t["q1_ms"] <= s["q3_ms"]
+            verdict = "tie" if overlap else ("seqjax faster" if ratio < 1 else "seqjax SLOWER")
+            table.append(
+                {
+                    "seed": seed,
+                    "devices": d,
+                    "bpc": f"{s['heldout_bpc']:.4f} / {t['heldout_bpc']:.4f}",
+                    "dbpc": s["heldout_bpc"] - t["heldout_bpc"],
+                    "train": f"{s['final_train_loss']:.4f} / {t['final_train_loss']:.4f}",
+                    "seqjax": _ms(s),
+                    "torch": _ms(t),
+                    "ups": f"{s['updates_per_s']:.2f} / {t['updates_per_s']:.2f}",
+                    "cps": f"{s['chars_per_s']:,.0f} / {t['chars_per_s']:,.0f}",
+                    "ratio": ratio,
+                    "verdict": verdict,
+                    "speedup": s["updates_per_s"] / t["updates_per_s"],
+                    "others": f"{s['others_cores_median']:.2f} / {t['others_cores_median']:.2f}"
+                    if s["others_cores_median"] is not None and t["others_cores_median"] is not None
+                    else "",
+                    "quiet": (
+                        f"{s['quiet_median_ms']:.2f} / {t['quiet_median_ms']:.2f} "
+                        f"({s['quiet_chunks']} / {t['quiet_chunks']})"
+                    )
+                    if s["quiet_chunks"] and t["quiet_chunks"]
+                    else f"too few ({s['quiet_chunks']} / {t['quiet_chunks']})",
+                    "quiet_ratio": s["quiet_median_ms"] / t["quiet_median_ms"]
+                    if s["quiet_chunks"] and t["quiet_chunks"]
+                    else None,
+                }
+            )
     first = rows[0]
     cfg = first["char_lm_config"]
-    sj = [r for r in rows if r["library"] == "seqjax"]
+    by_devices = {
+        d: [r for r in rows if r["library"] == "seqjax" and _devices_of(r) == d] for d in counts
+    }
     pt = [r for r in rows if r["library"] == "torch"]
 
     def mean(key, rs):
@@ -600,12 +663,16 @@ def summarize(rows: Sequence[dict]) -> str:
         "`others` = median cores' worth of CPU used by other processes during a chunk "
         "(seqjax / torch); `quiet ms` = median ms per update over the chunks where others "
         f"used < {QUIET_CORES:g} core (seqjax / torch, with the number of such chunks), and "
-        "`quiet ratio` their ratio.",
+        "`quiet ratio` their ratio. `devices` = seqjax's device count: 1, or the streams "
+        "split over that many host devices (`train_char_lm(devices=...)`, `seqjax "
+        "train-charlm --devices N`); PyTorch uses "
+        f"{first['torch_threads']} thread(s) throughout.",
         "",
         h.markdown_table(
             table,
             [
                 ("seed", "seed"),
+                ("devices", "devices"),
                 ("bpc seqjax / torch", "bpc"),
                 ("dbpc", "dbpc"),
                 ("train loss seqjax / torch", "train"),
@@ -622,15 +689,21 @@ def summarize(rows: Sequence[dict]) -> str:
             ],
         ),
         "",
-        f"Mean over seeds: held-out bpc seqjax {mean('heldout_bpc', sj):.4f}, torch "
-        f"{mean('heldout_bpc', pt):.4f}; updates/s seqjax {mean('updates_per_s', sj):.2f}, "
-        f"torch {mean('updates_per_s', pt):.2f} (seqjax / torch "
-        f"{mean('updates_per_s', sj) / mean('updates_per_s', pt):.3f}). seqjax compile "
-        f"{mean('compile_s', sj):.2f} s (lower {mean('lower_s', sj):.2f} s), not timed; first "
-        f"chunk incl. warm-up: seqjax {mean('first_chunk_s', sj):.2f} s, torch "
-        f"{mean('first_chunk_s', pt):.2f} s.",
+        *[_mean_line(d, by_devices[d], pt, mean) for d in counts],
     ]
     return "\n".join(parts)
+
+
+def _mean_line(devices: int, sj: list[dict], pt: list[dict], mean) -> str:
+    return (
+        f"Mean over seeds, seqjax on {devices} device(s): held-out bpc seqjax "
+        f"{mean('heldout_bpc', sj):.4f}, torch {mean('heldout_bpc', pt):.4f}; updates/s seqjax "
+        f"{mean('updates_per_s', sj):.2f}, torch {mean('updates_per_s', pt):.2f} (seqjax / "
+        f"torch {mean('updates_per_s', sj) / mean('updates_per_s', pt):.3f}). seqjax compile "
+        f"{mean('compile_s', sj):.2f} s (lower {mean('lower_s', sj):.2f} s), not timed; first "
+        f"chunk incl. warm-up: seqjax {mean('first_chunk_s', sj):.2f} s, torch "
+        f"{mean('first_chunk_s', pt):.2f} s.\n"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import checkpoint, data, generate, train
+from seqjax import checkpoint, data, generate, sharding, train
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.cells import ElmanCell, GRUCell, LSTMCell
 from seqjax.layers import Dense, Embedding, Stack
@@ -202,22 +202,95 @@ def new_state(model: CharLM) -> TrainState:
     )
 
 
-def make_chunk_fn(model: CharLM) -> Callable:
-    """A jitted function running a chunk of windows ``[C, k2, B]`` as one ``lax.scan``."""
+@functools.lru_cache(maxsize=8)
+def make_chunk_fn(model: CharLM, mesh: jax.sharding.Mesh | None = None) -> Callable:
+    """A jitted function running a chunk of windows ``[C, k2, B]`` as one ``lax.scan``.
+
+    Cached per model and mesh, so that runs of one configuration (a resumed run, a run
+    continued) reuse its compiled calls.
+
+    With a ``mesh`` of several devices (:func:`device_mesh`), the streams are split over it
+    (:func:`seqjax.sharding.shard_map_tbptt_scan`): each device runs its ``B / n`` streams
+    and their carries, and the loss and gradients are summed across devices once per
+    window, so the updates equal the single-device ones up to the order of float sums.
+    Pass it a state from :func:`place_state` and windows from :func:`place_windows`.
+    """
     config = model.config
     optimizer = train.default_optimizer(config.learning_rate, max_norm=config.max_norm)
-    loss_fn = train.window_loss(model, train.cross_entropy, k1=config.window, k2=config.k2)
-    step = train.tbptt_step(loss_fn, optimizer)
+    if mesh is None or mesh.size == 1:
+        loss_fn = train.window_loss(model, train.cross_entropy, k1=config.window, k2=config.k2)
+        step = train.tbptt_step(loss_fn, optimizer)
+
+        def scan(params, opt_state, carry, windows):
+            return train.tbptt_scan(step, params, opt_state, carry, windows)
+
+    else:
+        summed = train.window_loss(
+            model,
+            functools.partial(train.cross_entropy, average=False),
+            k1=config.window,
+            k2=config.k2,
+        )
+
+        def local_loss(params, carry, window):  # this device's streams: summed loss, count
+            total, next_carry = summed(params, carry, window)
+            count = config.window * math.prod(window[1].shape[1:])
+            return total, (jnp.asarray(count, total.dtype), next_carry)
+
+        scan = sharding.shard_map_tbptt_scan(local_loss, optimizer, mesh)
 
     @jax.jit
     def run(state: TrainState, windows):
-        params, opt_state, carry, metrics = train.tbptt_scan(
-            step, state.params, state.opt_state, state.carry, windows
+        params, opt_state, carry, metrics = scan(
+            state.params, state.opt_state, state.carry, windows
         )
         count = jnp.asarray(windows[0].shape[0], jnp.int32)
         return TrainState(params, opt_state, carry, state.step + count, state.key), metrics
 
     return run
+
+
+def device_mesh(devices: int, batch_size: int) -> jax.sharding.Mesh | None:
+    """A mesh over the first ``devices`` devices for ``batch_size`` streams (None for 1).
+
+    On CPU the devices are host devices: call :func:`seqjax.sharding.use_cpu_devices`
+    before JAX initialises (``seqjax train-charlm --devices N`` does).
+    """
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+        raise ValueError(f"train_char_lm: devices must be a positive int; got {devices!r}")
+    if devices == 1:
+        return None
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(
+            f"train_char_lm: devices={devices}, but JAX sees {len(available)} "
+            f"{jax.default_backend()} device(s); on CPU, call "
+            f"seqjax.sharding.use_cpu_devices({devices}) before the first JAX operation (the "
+            f"`--devices {devices}` option of `seqjax train-charlm` does)"
+        )
+    if batch_size % devices:
+        raise ValueError(
+            f"train_char_lm: batch_size ({batch_size} streams) must be divisible by devices "
+            f"({devices})"
+        )
+    return sharding.batch_mesh(available[:devices])
+
+
+def place_state(state: TrainState, mesh: jax.sharding.Mesh | None) -> TrainState:
+    """Put ``state`` on ``mesh``: the carries split by stream, everything else replicated."""
+    if mesh is None:
+        return state
+    return sharding.replicate(state, mesh)._replace(
+        carry=sharding.shard_batch(state.carry, mesh, axis=0)
+    )
+
+
+def place_windows(windows, mesh: jax.sharding.Mesh | None) -> tuple:
+    """Move numpy windows ``[C, k2, B]`` (from :func:`_windows`) to the device(s)."""
+    if mesh is None:
+        return tuple(jnp.asarray(a) for a in windows)
+    where = jax.sharding.NamedSharding(mesh, sharding.batch_spec(2, axis_name=mesh.axis_names[0]))
+    return tuple(jax.device_put(a, where) for a in windows)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -296,6 +369,7 @@ def train_char_lm(
     checkpoint_dir: str | None = None,
     checkpoint_every: int = 500,
     chunk: int = 25,
+    devices: int = 1,
     log: Callable[[str], None] = print,
     progress: bool = True,
 ) -> tuple[CharLM, TrainState, list[dict[str, float]]]:
@@ -307,6 +381,12 @@ def train_char_lm(
     before anything is written. Updates run ``chunk`` windows per compiled call, the calls
     aligned to multiples of ``chunk`` whatever step a run starts from, so that a resumed
     run repeats the uninterrupted run's calls.
+
+    With ``devices > 1`` the streams are split over the first ``devices`` devices
+    (:func:`make_chunk_fn`); ``batch_size`` must be divisible by it. On CPU these are host
+    devices, which must exist before JAX initialises
+    (:func:`seqjax.sharding.use_cpu_devices`). The updates equal the single-device ones up
+    to the order of float sums; checkpoints are the same either way.
     """
     if steps < 0:
         raise ValueError(f"train_char_lm: steps must be >= 0; got {steps}")
@@ -315,23 +395,24 @@ def train_char_lm(
             f"train_char_lm: checkpoint_every ({checkpoint_every}) must be a multiple of "
             f"chunk ({chunk}) so that a resumed run repeats the same compiled calls"
         )
+    mesh = device_mesh(devices, config.batch_size)
     model = CharLM(config)
     corpus = load(config)
-    state = new_state(model)
+    state = place_state(new_state(model), mesh)
     if (
         checkpoint_dir is not None
         and checkpoint.check_compatible(checkpoint_dir, config.meta()) is not None
     ):
         restored_step, state = checkpoint.restore(checkpoint_dir, state, config.meta())
         log(f"resumed from {checkpoint_dir} at step {restored_step}")
-    run = make_chunk_fn(model)
+    run = make_chunk_fn(model, mesh)
     bar = Progress(steps) if progress else None
     history, start_step = [], int(state.step)
     chars_per_update = config.window * config.batch_size
     while int(state.step) < steps:
         first = int(state.step)
         count = min(chunk - first % chunk, steps - first)  # chunks on multiples of `chunk`
-        windows = tuple(jnp.asarray(a) for a in _windows(config, corpus.streams, first, count))
+        windows = place_windows(_windows(config, corpus.streams, first, count), mesh)
         state, metrics = run(state, windows)
         loss, grad_norm = float(metrics.loss.mean()), float(metrics.grad_norm.max())
         history.append({"step": int(state.step), "loss": loss, "grad_norm": grad_norm})

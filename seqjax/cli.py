@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     lm.add_argument("--learning-rate", type=float, default=3e-3)
     lm.add_argument("--max-norm", type=float, default=1.0, help="gradient clipping norm")
     lm.add_argument("--seed", type=int, default=0)
+    lm.add_argument(
+        "--devices",
+        type=_positive,
+        default=1,
+        help="split the streams over this many devices (on CPU: host devices, one per core "
+        "used; --batch-size must be divisible by it; default 1)",
+    )
     _sampling_options(lm, default_length=400)
 
     sample = commands.add_parser("sample", help="sample text from a trained char-LM checkpoint")
@@ -70,6 +77,13 @@ def _sampling_options(parser: argparse.ArgumentParser, default_length: int) -> N
 
 
 def _train(args) -> None:
+    if args.devices > 1:  # host CPU devices must exist before JAX initialises
+        from seqjax import sharding
+
+        try:
+            sharding.use_cpu_devices(args.devices)
+        except RuntimeError as err:
+            raise ValueError(str(err)) from err
     import jax
 
     from seqjax import char_lm
@@ -95,9 +109,14 @@ def _train(args) -> None:
         f"seqjax char-LM: {config.cell.upper()} {config.num_layers}x{config.hidden_size} on "
         f"{config.corpus or 'the Python standard library source'}, {steps} updates of "
         f"{config.batch_size} streams x {config.window} steps, on {jax.default_backend()}"
+        + (f" ({args.devices} devices)" if args.devices > 1 else "")
     )
     model, state, _ = char_lm.train_char_lm(
-        config, steps, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every
+        config,
+        steps,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        devices=args.devices,
     )
     bpc = char_lm.evaluate(model, state.params, char_lm.load(config).held_out)
     print(f"held-out bits per character: {bpc:.3f}")

@@ -43,6 +43,10 @@ the loop. Forward passes gain with both (0.65-0.83x). So train with
 use_shard_map=True)`` that ``psum`` s its gradients), and use ``jit`` where no scan is
 differentiated.
 
+Streamed truncated BPTT (:func:`seqjax.train.tbptt_step` over windows) splits the same way:
+:func:`shard_map_tbptt_scan` gives each device its share of the streams and their carries for
+a whole run of windows, summing loss and gradients across devices once per window.
+
 Layouts: time-major sequences ``[T, B, ...]`` have the batch on axis 1; per-sequence arrays
 (``lengths [B]``, carries ``[B, H]``) on axis 0. ``B`` must be divisible by the number of
 devices.
@@ -72,7 +76,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqjax._types import Array, PyTree
-from seqjax.train import StepMetrics, _global_norm, _update
+from seqjax.train import StepMetrics, _global_norm, _update, tbptt_scan
 
 AXIS = "batch"
 
@@ -246,3 +250,116 @@ def shard_map_bptt_step(
     in_specs = (replicated, replicated, batch_spec(batch_axis, axis_name=name))
     out_specs = (replicated, replicated, replicated)
     return jax.jit(_shard_map(local_step, mesh, in_specs, out_specs))
+
+
+def use_cpu_devices(count: int) -> int:
+    """Expose ``count`` host CPU devices (``jax_num_cpu_devices``); call before JAX initialises.
+
+    Harmless on machines with accelerators (only the CPU backend is affected). Once JAX has
+    initialised its backends the count is fixed: then this checks that at least ``count``
+    CPU devices exist and raises otherwise.
+
+    Returns:
+        The number of CPU devices JAX will use.
+
+    Raises:
+        ValueError: ``count`` is not a positive int.
+        RuntimeError: JAX already initialised with fewer than ``count`` CPU devices.
+
+    Example:
+        >>> use_cpu_devices(1) >= 1     # here JAX has already initialised
+        True
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"use_cpu_devices: count must be a positive int; got {count!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as err:  # backends already initialised: the count is fixed
+        have = len(jax.devices("cpu"))
+        if have < count:
+            raise RuntimeError(
+                f"use_cpu_devices: JAX already initialised with {have} CPU device(s), fewer "
+                f"than the {count} asked; call this (or set XLA_FLAGS="
+                f"--xla_force_host_platform_device_count={count}) before the first JAX "
+                "operation"
+            ) from err
+        return have
+    return count
+
+
+def shard_map_tbptt_scan(
+    loss_fn: Callable[[PyTree, PyTree, Any], tuple[Array, tuple[Array, PyTree]]],
+    optimizer,
+    mesh: Mesh,
+    *,
+    carry_axis: int = 0,
+    window_axis: int = 2,
+) -> Callable[[PyTree, Any, PyTree, Any], tuple[PyTree, Any, PyTree, StepMetrics]]:
+    """Streamed truncated BPTT over stacked windows with the streams split by ``shard_map``.
+
+    :func:`seqjax.train.tbptt_scan` of a :func:`seqjax.train.tbptt_step`, data-parallel: each
+    device holds its share of the streams (the carries and the windows' batch columns) for
+    the whole scan; per window it differentiates the *sum* of its losses, the sums, their
+    weights and the gradients are added across devices (``psum``) and divided once, and the
+    optimizer update runs identically on every device. The result equals the single-device
+    scan of the weighted-mean loss up to the order of floating-point sums; carries never
+    leave their device.
+
+    Args:
+        loss_fn: ``loss_fn(params, carry, window) -> (total, (weight, next_carry))``: the
+            summed loss over the local streams, what it is a sum over (e.g. the number of
+            positions), and the carry for the next window (as :func:`seqjax.train.window_loss`
+            with ``cross_entropy(..., average=False)``).
+        optimizer: any optax ``GradientTransformation``.
+        mesh: from :func:`batch_mesh`.
+        carry_axis: the batch axis of every carry leaf (0 for ``[B, H]``).
+        window_axis: the batch axis of every leaf of the stacked windows (2 for
+            ``[W, k, B, ...]``).
+
+    Returns:
+        ``run(params, opt_state, carry, windows) -> (params, opt_state, carry, metrics)``,
+        jitted; ``metrics`` leaves are ``[W]`` (the global weighted-mean loss and the global
+        gradient norm before clipping, per window), replicated.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import seqjax as sj
+        >>> mesh = batch_mesh()
+        >>> cell, B = sj.LSTMCell(2, 4), 2 * mesh.size
+        >>> def loss_fn(p, carry, window):
+        ...     xs, targets = window
+        ...     carry, ys = sj.unroll(cell, p, xs, carry)
+        ...     return jnp.sum((ys - targets) ** 2), (jnp.float32(targets.size), carry)
+        >>> optimizer = sj.default_optimizer(1e-2)
+        >>> run = shard_map_tbptt_scan(loss_fn, optimizer, mesh)
+        >>> params = cell.init(jax.random.key(0))
+        >>> windows = (jnp.ones((3, 5, B, 2)), jnp.zeros((3, 5, B, 4)))   # [W, k, B, ...]
+        >>> carry = shard_batch(cell.init_carry((B,)), mesh, axis=0)
+        >>> params, _, carry, metrics = run(params, optimizer.init(params), carry,
+        ...                                 shard_batch(windows, mesh, axis=2))
+        >>> metrics.loss.shape
+        (3,)
+    """
+    name = _axis_name(mesh)
+
+    def step(params, opt_state, carry, window):
+        carry = jax.lax.stop_gradient(carry)
+        (total, (weight, next_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, carry, window
+        )
+        total, weight, grads = jax.lax.psum((total, weight, grads), name)
+        weight = jnp.maximum(weight, 1).astype(total.dtype)
+        grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
+        grad_norm = _global_norm(grads)
+        params, opt_state = _update(optimizer, params, opt_state, grads)
+        metrics = StepMetrics(total / weight, grad_norm)
+        return params, opt_state, jax.lax.stop_gradient(next_carry), metrics
+
+    def local_scan(params, opt_state, carry, windows):
+        return tbptt_scan(step, params, opt_state, carry, windows)
+
+    replicated = PartitionSpec()
+    carry_spec = batch_spec(carry_axis, axis_name=name)
+    in_specs = (replicated, replicated, carry_spec, batch_spec(window_axis, axis_name=name))
+    out_specs = (replicated, replicated, carry_spec, replicated)
+    return jax.jit(_shard_map(local_scan, mesh, in_specs, out_specs))

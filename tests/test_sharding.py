@@ -105,6 +105,20 @@ SCRIPT = textwrap.dedent(
     tb_sh = run_tbptt(tb_dp, sharding.shard_batch(carry0, mesh, axis=0),
                       [sharding.shard_batch(w, mesh, axis=1) for w in windows])
 
+    # The same windows stacked [W, k, B, ...] for shard_map_tbptt_scan: summed loss per device.
+    def sum_window_loss(p, carry, window):
+        xs, targets = window
+        carry, ys = sj.unroll(cell, p, xs, carry)
+        return jnp.sum((ys - targets) ** 2), (jnp.float32(targets.size), carry)
+
+    stacked = (xs.reshape(2, 3, B, I), targets.reshape(2, 3, B, H))
+    scan_ref = jax.jit(lambda p, s, c, w: sj.tbptt_scan(tb, p, s, c, w))(
+        params, opt_state, carry0, stacked)
+    scan_sm = sharding.shard_map_tbptt_scan(sum_window_loss, optimizer, mesh)(
+        params, opt_state, sharding.shard_batch(carry0, mesh, axis=0),
+        sharding.shard_batch(stacked, mesh, axis=2))
+    pick = lambda out: (out[0], out[2], out[3])  # params, carry, metrics
+
     fwd = lambda p, x: sj.unroll(cell, p, x, lengths=None)[1]
     ys_ref = jax.jit(fwd)(params, xs)
     ys_sm = sharding.data_parallel(fwd, mesh, (None, 1), 1, use_shard_map=True)(
@@ -116,6 +130,9 @@ SCRIPT = textwrap.dedent(
         "jit_params": diff(jit_p, ref_p), "jit_metrics": diff(jit_m, ref_m),
         "sm_params": diff(sm_p, ref_p), "sm_metrics": diff(sm_m, ref_m),
         "tbptt": diff(tb_sh, tb_ref),
+        "tbptt_scan": diff(pick(scan_sm), pick(scan_ref)),
+        "tbptt_scan_carry_shards": len(scan_sm[2].h.addressable_shards),
+        "tbptt_scan_same_as_steps": diff(pick(scan_ref)[:2], tb_ref[:2]),
         "forward": diff(ys_sm, ys_ref),
         "moved": diff(ref_p, params),
     }))
@@ -135,6 +152,7 @@ def result():
 def test_runs_on_four_host_devices(result):
     assert result["devices"] == 4
     assert result["ys_shards"] == 4 and "batch" in result["ys_sharding"]
+    assert result["tbptt_scan_carry_shards"] == 4  # each device keeps its streams' carries
 
 
 # float32 sums over the batch run in another order once split: agreement to rounding.
@@ -142,7 +160,17 @@ TOL = 1e-5
 
 
 @pytest.mark.parametrize(
-    "what", ["jit_params", "jit_metrics", "sm_params", "sm_metrics", "tbptt", "forward"]
+    "what",
+    [
+        "jit_params",
+        "jit_metrics",
+        "sm_params",
+        "sm_metrics",
+        "tbptt",
+        "tbptt_scan",
+        "tbptt_scan_same_as_steps",
+        "forward",
+    ],
 )
 def test_equals_single_device(result, what):
     assert result["moved"] > 1e-3  # the steps changed the parameters: the check can fail
@@ -159,3 +187,12 @@ def test_batch_spec_and_errors():
         sharding.shard_batch(jnp.ones((3,), jnp.float32), mesh, axis=1)
     with pytest.raises(ValueError, match="out_axes"):
         sharding.data_parallel(lambda x: x, mesh, (0,), use_shard_map=True)
+
+
+def test_use_cpu_devices_after_initialisation():
+    have = len(jax.devices("cpu"))  # JAX is initialised by now: the count is fixed
+    assert sharding.use_cpu_devices(have) == have
+    with pytest.raises(RuntimeError, match="already initialised"):
+        sharding.use_cpu_devices(have + 1)
+    with pytest.raises(ValueError, match="positive int"):
+        sharding.use_cpu_devices(0)
