@@ -333,7 +333,8 @@ def shard_map_tbptt_scan(
         >>> optimizer = sj.default_optimizer(1e-2)
         >>> run = shard_map_tbptt_scan(loss_fn, optimizer, mesh)
         >>> params = cell.init(jax.random.key(0))
-        >>> windows = (jnp.ones((3, 5, B, 2)), jnp.zeros((3, 5, B, 4)))   # [W, k, B, ...]
+        >>> f32 = jnp.float32
+        >>> windows = (jnp.ones((3, 5, B, 2), f32), jnp.zeros((3, 5, B, 4), f32))  # [W, k, B, ...]
         >>> carry = shard_batch(cell.init_carry((B,)), mesh, axis=0)
         >>> params, _, carry, metrics = run(params, optimizer.init(params), carry,
         ...                                 shard_batch(windows, mesh, axis=2))
