@@ -45,11 +45,35 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results"
 # --------------------------------------------------------------------------- command line
 
 
+def early_option(flag: str, default: str, argv: Sequence[str] | None = None) -> str:
+    """``flag``'s value in ``argv`` (default: the command line) before argparse runs.
+
+    For settings that must be made before JAX initialises its backends, such as the number
+    of host CPU devices (``jax_num_cpu_devices``); :func:`parse_args` parses the flag again.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return default
+
+
 def parse_args(
-    description: str, argv: Sequence[str] | None, *, repeats: int = 30
+    description: str,
+    argv: Sequence[str] | None,
+    *,
+    repeats: int = 30,
+    devices: int | None = None,
 ) -> argparse.Namespace:
-    """The flags every benchmark script shares."""
+    """The flags every benchmark script shares (and ``--devices`` when ``devices`` is given)."""
     parser = argparse.ArgumentParser(description=description)
+    if devices is not None:
+        parser.add_argument(
+            "--devices", type=int, default=devices,
+            help="host CPU devices, set before JAX initialises (default %(default)s)",
+        )  # fmt: skip
     parser.add_argument(
         "--quick", action="store_true", help="toy sizes and few repeats (smoke test)"
     )

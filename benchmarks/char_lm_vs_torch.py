@@ -60,9 +60,20 @@ import functools
 import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
+
+import _harness as h
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqjax import char_lm, data, train
+from seqjax.interop.torch import params_to_torch
 
 
 def _device_counts(text: str) -> list[int]:
@@ -77,28 +88,12 @@ def _device_counts(text: str) -> list[int]:
 
 DEFAULT_DEVICES = "1,2"
 
+
+# Importing JAX does not start its backends: the host device count can still be set here.
 if __name__ == "__main__":  # host devices must exist before JAX initialises
-    import jax
-
-    _text = DEFAULT_DEVICES
-    for _i, _arg in enumerate(sys.argv):
-        if _arg == "--devices" and _i + 1 < len(sys.argv):
-            _text = sys.argv[_i + 1]
-        elif _arg.startswith("--devices="):
-            _text = _arg.split("=", 1)[1]
-    jax.config.update("jax_num_cpu_devices", max(_device_counts(_text)))
-
-import _harness as h  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-from seqjax import char_lm, data, train  # noqa: E402
-from seqjax.interop.torch import params_to_torch  # noqa: E402
+    jax.config.update(
+        "jax_num_cpu_devices", max(_device_counts(h.early_option("--devices", DEFAULT_DEVICES)))
+    )
 
 SCRIPT = "char_lm_vs_torch"
 TITLE = "seqjax.char_lm vs a PyTorch nn.LSTM char-LM (same data, size, optimizer, updates)"

@@ -31,26 +31,18 @@ Usage::
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
-if __name__ == "__main__":  # the device count must be set before JAX initialises
-    _devices = 2
-    for _i, _arg in enumerate(sys.argv):
-        if _arg == "--devices" and _i + 1 < len(sys.argv):
-            _devices = int(sys.argv[_i + 1])
-        elif _arg.startswith("--devices="):
-            _devices = int(_arg.split("=", 1)[1])
-    import jax
+import _harness as h
+import jax
+import jax.numpy as jnp
 
-    jax.config.update("jax_num_cpu_devices", _devices)
+import seqjax as sj
+from seqjax import char_lm, sharding
 
-import _harness as h  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-import seqjax as sj  # noqa: E402
-from seqjax import char_lm, sharding  # noqa: E402
+# Importing JAX does not start its backends: the host device count can still be set here.
+if __name__ == "__main__":  # host devices must exist before JAX initialises
+    jax.config.update("jax_num_cpu_devices", int(h.early_option("--devices", "2")))
 
 SCRIPT = "data_parallel"
 TITLE = "Batch split over host devices (seqjax.sharding) against one device"
@@ -62,21 +54,7 @@ QUICK_LM = dict(batch=4, window=8, embed=8, hidden=16)
 
 
 def parse(argv):
-    pre = [a for a in (argv or sys.argv[1:])]
-    devices = 2
-    rest = []
-    it = iter(range(len(pre)))
-    for i in it:
-        if pre[i] == "--devices":
-            devices = int(pre[i + 1])
-            next(it, None)
-        elif pre[i].startswith("--devices="):
-            devices = int(pre[i].split("=", 1)[1])
-        else:
-            rest.append(pre[i])
-    args = h.parse_args(__doc__.splitlines()[0], rest, repeats=20)
-    args.devices = devices
-    return args
+    return h.parse_args(__doc__.splitlines()[0], argv, repeats=20, devices=2)
 
 
 def lstm_groups(mesh, cfg):

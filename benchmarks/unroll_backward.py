@@ -38,29 +38,21 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
-if __name__ == "__main__":  # the device count must be set before JAX initialises
-    _devices = 2
-    for _i, _arg in enumerate(sys.argv):
-        if _arg == "--devices" and _i + 1 < len(sys.argv):
-            _devices = int(sys.argv[_i + 1])
-        elif _arg.startswith("--devices="):
-            _devices = int(_arg.split("=", 1)[1])
-    import jax
+import _harness as h
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-    jax.config.update("jax_num_cpu_devices", _devices)
+import seqjax
+from seqjax import sharding
+from seqjax.interop.flax_linen import params_to_linen
 
-import _harness as h  # noqa: E402
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-import seqjax  # noqa: E402
-from seqjax import sharding  # noqa: E402
-from seqjax.interop.flax_linen import params_to_linen  # noqa: E402
+# Importing JAX does not start its backends: the host device count can still be set here.
+if __name__ == "__main__":  # host devices must exist before JAX initialises
+    jax.config.update("jax_num_cpu_devices", int(h.early_option("--devices", "2")))
 
 SCRIPT = "unroll_backward"
 TITLE = "unroll forward+backward: seqjax autodiff vs custom backward vs PyTorch vs Flax"
@@ -478,7 +470,7 @@ def summarize(rows: Sequence[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = h.parse_args(__doc__.splitlines()[0], argv, repeats=15)
+    args = h.parse_args(__doc__.splitlines()[0], argv, repeats=15, devices=2)
     rec = run(args)
     body = summarize(rec.rows)
     rec.write(body, TITLE)
