@@ -95,7 +95,6 @@ def seqjax_errors(
     dtype=jnp.float32,
     fixed_fan_in: bool = False,
 ) -> tuple[float, float, float]:
-    train, test, horizon = sizes["train"], sizes["test"], sizes["horizon"]
     cell = EchoStateCell(
         1,
         units,
@@ -107,19 +106,22 @@ def seqjax_errors(
         fixed_fan_in=fixed_fan_in,
     )
     esn = EchoStateNetwork(cell, 1)
-    u = jnp.asarray(series, dtype)[:, None]
-    params = esn.fit(
-        esn.init(jax.random.key(seed), dtype),
-        u[:train],
-        u[1 : train + 1],
-        ridge=HP["ridge"],
-        washout=HP["washout"],
+    params, one_step, closed = _fit_and_score(
+        esn, esn.init(jax.random.key(seed), dtype), series, sizes, dtype
     )
+    rho = actual_spectral_radius(params.reservoir.w) * float(params.reservoir.spectral_radius)
+    return one_step, closed, rho
+
+
+def _fit_and_score(esn, params, series: np.ndarray, sizes: dict, dtype):
+    """Ridge-fit ``esn`` on the training steps; ``(params, one-step, closed-loop NRMSE)``."""
+    train, test, horizon = sizes["train"], sizes["test"], sizes["horizon"]
+    u = jnp.asarray(series, dtype)[:, None]
+    params = esn.fit(params, u[:train], u[1 : train + 1], ridge=HP["ridge"], washout=HP["washout"])
     _, ys = esn(params, u[: train + test])
     one_step = nrmse(ys[train:], series[train + 1 : train + test + 1])
     _, closed = esn.forecast(params, u[:train], horizon)
-    rho = actual_spectral_radius(params.reservoir.w) * float(params.reservoir.spectral_radius)
-    return one_step, nrmse(closed, series[train : train + horizon]), rho
+    return params, one_step, nrmse(closed, series[train : train + horizon])
 
 
 def _reservoirpy_reservoir(units: int, seed: int):
@@ -143,25 +145,14 @@ def seqjax_on_reservoirpy_weights(
     from seqjax.layers import DenseParams
     from seqjax.reservoir import EchoStateNetworkParams, from_reservoirpy
 
-    train, test, horizon = sizes["train"], sizes["test"], sizes["horizon"]
     reservoir = _reservoirpy_reservoir(units, seed)
     reservoir.initialize(series[:1, None].astype(np.float64))
     cell, reservoir_params = from_reservoirpy(reservoir, dtype=jnp.float64)
     esn = EchoStateNetwork(cell, 1)
     readout = DenseParams(w=jnp.zeros((units, 1), jnp.float64), b=jnp.zeros((1,), jnp.float64))
-    u = jnp.asarray(series, jnp.float64)[:, None]
-    params = esn.fit(
-        EchoStateNetworkParams(reservoir_params, readout),
-        u[:train],
-        u[1 : train + 1],
-        ridge=HP["ridge"],
-        washout=HP["washout"],
-    )
-    _, ys = esn(params, u[: train + test])
-    one_step = nrmse(ys[train:], series[train + 1 : train + test + 1])
-    _, closed = esn.forecast(params, u[:train], horizon)
-    rho = actual_spectral_radius(reservoir.W)
-    return one_step, nrmse(closed, series[train : train + horizon]), rho
+    start = EchoStateNetworkParams(reservoir_params, readout)
+    _, one_step, closed = _fit_and_score(esn, start, series, sizes, jnp.float64)
+    return one_step, closed, actual_spectral_radius(reservoir.W)
 
 
 def reservoirpy_errors(
