@@ -425,8 +425,13 @@ def summarize(rows: Sequence[dict]) -> str:
         "",
         f"Large-matmul rate in this run: {rate:.1f} GFLOP/s. `best` = the faster seqjax "
         "backward; ratios < 1: seqjax faster. `best matmul frac` = matmul FLOPs of "
-        "forward+backward / time / the large-matmul rate. seqjax and Flax run on one XLA:CPU "
-        "device, whose scan runs each step's matmul on one core; PyTorch uses every core.",
+        "forward+backward / time / the large-matmul rate. "
+        + (
+            "seqjax and Flax run on one XLA:CPU device, whose scan runs each step's matmul on "
+            "one core; PyTorch uses every core."
+            if jax.default_backend() == "cpu"
+            else f"Backend: {jax.default_backend()}; PyTorch on the same device."
+        ),
         "",
         h.markdown_table(table, [(k, k) for k in table[0]] if table else []),
     ]
@@ -450,9 +455,9 @@ def summarize(rows: Sequence[dict]) -> str:
             "",
             "`prototype_lstm` in this script: `custom_vjp` whose forward scan saves y, c and "
             "the activated gates per step and whose reverse scan writes one `[B, 4H]` gate "
-            "cotangent per step, then one large matmul per weight/input gradient. It shows "
-            "what the structured derivative can reach on XLA:CPU when its reverse step is "
-            'this lean; seqjax\'s `backward="custom"` is generic over cells and keeps '
+            "cotangent per step, then one large matmul per weight/input gradient. It shows what "
+            f"the structured derivative can reach on {jax.default_backend()} when its reverse "
+            'step is this lean; seqjax\'s `backward="custom"` is generic over cells and keeps '
             "forward mode, and is not yet this fast.",
             "",
             h.markdown_table(proto_table, [(k, k) for k in proto_table[0]]),

@@ -30,18 +30,18 @@ _SPLIT_GATE_BLOCKS = {"cpu": True}
 # the recur/update split (seqjax/_backward.py); others always use autodiff. Measured
 # LSTM/GRU forward+backward at B32 T128 I64 H256, B8 T1024 I64 H128, B128 T64 I128 H512
 # (jax 0.11.2, benchmarks/unroll_backward.py and its prototype):
-# - gpu (H100): structured / autodiff = 0.69-0.78 in all 6 rows (e.g. LSTM B32/T128
+# - gpu (H100) at unroll=1: structured / autodiff = 0.69-0.78 in all 6 rows (e.g. LSTM B32/T128
 #   3.5 vs 4.5 ms, B8/T1024 21.5 vs 28.9 ms). Structured, with the projection hoisted.
 # - cpu (2 pinned cores of a Xeon, and this project's 2-core EPYC under load): structured
 #   1.0-1.3x *slower* (LSTM B32/T128 159-163 vs 125 ms, B8/T1024 159 vs 163 ms; GRU
 #   124 vs 105, 109 vs 109). Its large matmuls are cheaper, but XLA:CPU's per-op cost in
 #   the reverse loop (rematerialised update, its slices and writes) outweighs that.
 # - other backends: not measured; autodiff, JAX's standard path, until someone measures.
-# But on the H100 autodiff with lax.scan unroll=8 (_SCAN_UNROLL below) was faster still than
-# the structured derivative at unroll=1 (LSTM B32/T128 2.1 vs 3.5 ms, B8/T1024 12.7 vs 21.5
-# ms), and the structured derivative at unroll=8 is not yet measured; so the GPU default is
-# the best measured pair, autodiff + unroll=8. Re-measure both (unroll_backward.py) to move it.
-_BACKWARD = {"cpu": "autodiff", "gpu": "autodiff"}
+# - gpu at unroll=8 (_SCAN_UNROLL), H100, jax 0.11.2, 2026-11-23: structured / autodiff =
+#   0.75-0.83 in 7 of 8 rows (LSTM B32/T128 1.73 vs 2.18 ms, B8/T1024 10.3 vs 13.7 ms,
+#   B128/T64 2.35 vs 2.93 ms; GRU 0.75-0.87), 1.02 at LSTM B1/T1024 (9.3 vs 9.1 ms).
+#   results/gpu-nvidia-h100-80gb-hbm3-unroll_backward.md. So structured on the GPU.
+_BACKWARD = {"cpu": "autodiff", "gpu": "custom"}
 
 # lax.scan's unroll factor when the caller gives none (benchmarks/unroll_projection.py):
 # on the H100, unroll=8 made forward 1.3-1.9x and forward+backward 1.6-2.3x faster than
@@ -171,7 +171,7 @@ def unroll(
             reverse loop computes only the carry and gate cotangents and then every weight
             and input gradient as one large matmul over all steps; ``"auto"`` (default),
             the one measured faster on the current backend (so far ``autodiff`` on CPU and
-            GPU, where scan unrolling beat the structured derivative; see ``_BACKWARD``;
+            ``custom`` on GPU; see ``_BACKWARD``;
             always ``autodiff`` for cells without ``recur``/``update``). Both support
             ``jax.grad``, ``jax.jvp``, ``jit``, ``vmap`` and higher-order derivatives.
         method: ``"sequential"`` (default, ``lax.scan``), or evaluation in parallel over
