@@ -35,6 +35,11 @@ class Cell(Protocol):
     * ``update(params, carry, px, r) -> (carry, y)``: the rest of the step, elementwise
       for the shipped cells (the reset-before GRU keeps its second matmul here).
 
+    A cell whose ``update`` reads ``px`` and ``r`` only through their sum (LSTM, Elman) may
+    say so with a class attribute ``update_reads_sum = True``
+    (``update(p, c, px, r) == update(p, c, px + r, 0)``); the structured derivative then saves
+    and differentiates one ``[*B, G]`` array per step instead of two.
+
     With them, ``unroll(..., backward="custom")`` differentiates the scan with a reverse
     loop that holds only what is sequential and computes all weight and input gradients
     as one matmul each over every step (seqjax/_backward.py). A cell without them works

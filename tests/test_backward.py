@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from seqjax import Stack, unroll
-from seqjax._backward import has_structure
+from seqjax._backward import has_structure, reads_sum
 from tests.conftest import random_like, tree_allclose
 from tests.registry import CELLS, every_cell
 
@@ -163,3 +163,22 @@ def test_step_is_update_of_recur(cell, key):
     want = cell.step(params, carry, px)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@every_cell
+def test_update_reads_sum_holds_where_declared(cell, key):
+    """``update_reads_sum`` lets the derivative merge px and r: it must be true of update."""
+    if not reads_sum(cell):
+        pytest.skip("cell does not declare update_reads_sum")
+    params = cell.init(key)
+    carry = random_like(cell.init_carry((2,)), jax.random.key(1))
+    r = cell.recur(params, carry)
+    px = jax.random.normal(jax.random.key(2), r.shape, r.dtype)  # px and r: both [*B, G]
+    got = cell.update(params, carry, px + r, jnp.zeros_like(r))
+    want = cell.update(params, carry, px, r)
+    tree_allclose(got, want, rtol=0, atol=0)  # z + 0 == z exactly: the same arithmetic
+
+
+def test_lstm_and_elman_declare_update_reads_sum():
+    assert {name for name in STRUCTURED if reads_sum(CELLS[name])} >= {"lstm", "elman_tanh"}
+    assert not reads_sum(CELLS["gru"])  # its candidate reads r * (h W_hn + b_hn)

@@ -57,6 +57,7 @@ class ElmanCell:
     input_size: int
     hidden_size: int
     activation: Callable[[Array], Array] = jnp.tanh
+    update_reads_sum = True  # not a field: update reads px + r only (see Cell)
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> ElmanParams:
         """Draw parameters; ``dtype`` is the parameter dtype."""

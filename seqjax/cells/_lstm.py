@@ -67,6 +67,7 @@ class LSTMCell:
     input_size: int
     hidden_size: int
     forget_bias: float = 1.0
+    update_reads_sum = True  # not a field: update reads px + r only (see Cell)
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> LSTMParams:
         """Draw parameters; ``dtype`` is the parameter dtype."""
