@@ -458,7 +458,7 @@ def summarize(rows: Sequence[dict]) -> str:
             "cotangent per step, then one large matmul per weight/input gradient. It shows what "
             f"the structured derivative can reach on {jax.default_backend()} when its reverse "
             'step is this lean; seqjax\'s `backward="custom"` is generic over cells and keeps '
-            "forward mode, and is not yet this fast.",
+            "forward mode: compare its column above.",
             "",
             h.markdown_table(proto_table, [(k, k) for k in proto_table[0]]),
         ]

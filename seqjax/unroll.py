@@ -32,16 +32,20 @@ _SPLIT_GATE_BLOCKS = {"cpu": True}
 # (jax 0.11.2, benchmarks/unroll_backward.py and its prototype):
 # - gpu (H100) at unroll=1: structured / autodiff = 0.69-0.78 in all 6 rows (e.g. LSTM B32/T128
 #   3.5 vs 4.5 ms, B8/T1024 21.5 vs 28.9 ms). Structured, with the projection hoisted.
-# - cpu (2 pinned cores of a Xeon, and this project's 2-core EPYC under load): structured
-#   1.0-1.3x *slower* (LSTM B32/T128 159-163 vs 125 ms, B8/T1024 159 vs 163 ms; GRU
-#   124 vs 105, 109 vs 109). Its large matmuls are cheaper, but XLA:CPU's per-op cost in
-#   the reverse loop (rematerialised update, its slices and writes) outweighs that.
-# - other backends: not measured; autodiff, JAX's standard path, until someone measures.
+# - cpu, before the derivative saved z = px + r for LSTM/Elman and flattened [T, B] for its
+#   weight matmuls: structured 1.0-1.4x *slower* than autodiff (XLA:CPU copied each
+#   [T*B, G] cotangent into transposed layout; two cotangents per step).
+# - cpu after (2-core EPYC, jax 0.10.2, 2026-11-23, two runs of unroll_backward.py):
+#   structured / autodiff 0.68-0.95 in 6 of 8 single-device rows (LSTM B8/T1024 0.82-0.89,
+#   B128/T64 0.84-0.90, B1/T1024 0.68-0.75; GRU B8/T1024 0.95, B1 0.74-0.76), 1.05-1.08 at
+#   LSTM B32/T128 and 1.06-1.31 at GRU B32/T128; with the batch split over 2 host devices
+#   0.74-0.95 in all 6 rows. Structured.
 # - gpu at unroll=8 (_SCAN_UNROLL), H100, jax 0.11.2, 2026-11-23: structured / autodiff =
 #   0.75-0.83 in 7 of 8 rows (LSTM B32/T128 1.73 vs 2.18 ms, B8/T1024 10.3 vs 13.7 ms,
 #   B128/T64 2.35 vs 2.93 ms; GRU 0.75-0.87), 1.02 at LSTM B1/T1024 (9.3 vs 9.1 ms).
 #   results/gpu-nvidia-h100-80gb-hbm3-unroll_backward.md. So structured on the GPU.
-_BACKWARD = {"cpu": "autodiff", "gpu": "custom"}
+# - other backends: not measured; autodiff, JAX's standard path, until someone measures.
+_BACKWARD = {"cpu": "custom", "gpu": "custom"}
 
 # lax.scan's unroll factor when the caller gives none (benchmarks/unroll_projection.py):
 # on the H100, unroll=8 made forward 1.3-1.9x and forward+backward 1.6-2.3x faster than
@@ -170,8 +174,8 @@ def unroll(
             for cells with ``recur``/``update`` methods (see the cell protocol), whose
             reverse loop computes only the carry and gate cotangents and then every weight
             and input gradient as one large matmul over all steps; ``"auto"`` (default),
-            the one measured faster on the current backend (so far ``autodiff`` on CPU and
-            ``custom`` on GPU; see ``_BACKWARD``;
+            the one measured faster on the current backend (so far ``custom`` on CPU and
+            GPU, ``autodiff`` elsewhere; see ``_BACKWARD``;
             always ``autodiff`` for cells without ``recur``/``update``). Both support
             ``jax.grad``, ``jax.jvp``, ``jit``, ``vmap`` and higher-order derivatives.
         method: ``"sequential"`` (default, ``lax.scan``), or evaluation in parallel over
