@@ -311,6 +311,18 @@ def device_tag() -> str:
 # --------------------------------------------------------------------------- results
 
 
+def iqr_overlap(a: dict, b: dict) -> bool:
+    """Whether two result rows' interquartile ranges (``q1_ms``-``q3_ms``) overlap."""
+    return a["q1_ms"] <= b["q3_ms"] and b["q1_ms"] <= a["q3_ms"]
+
+
+def verdict(seqjax_row: dict, peer_row: dict) -> str:
+    """``tie`` where the interquartile ranges overlap, else which side is faster."""
+    if iqr_overlap(seqjax_row, peer_row):
+        return "tie"
+    return "seqjax faster" if seqjax_row["median_ms"] < peer_row["median_ms"] else "seqjax SLOWER"
+
+
 def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return ""

@@ -142,10 +142,9 @@ def summarize(rows: Sequence[dict]) -> str:
         entry = {"config": cfg, "cell": cell, "mode": mode, "raw": _ms(raw)}
         for label in ("nnx", "linen"):
             a = g[label]
-            overlap = a["q1_ms"] <= raw["q3_ms"] and raw["q1_ms"] <= a["q3_ms"]
             entry[label] = _ms(a)
             entry[f"{label}_ratio"] = a["median_ms"] / raw["median_ms"]
-            entry[f"{label}_verdict"] = "tie" if overlap else "differs"
+            entry[f"{label}_verdict"] = "tie" if h.iqr_overlap(a, raw) else "differs"
         table.append(entry)
     ratios = [e[f"{label}_ratio"] for e in table for label in ("nnx", "linen")]
     parts = [

@@ -584,8 +584,7 @@ def summarize(rows: Sequence[dict]) -> str:
         for d in counts:
             s = p[d]
             ratio = s["median_ms"] / t["median_ms"]
-            overlap = s["q1_ms"] <= t["q3_ms"] and t["q1_ms"] <= s["q3_ms"]
-            verdict = "tie" if overlap else ("seqjax faster" if ratio < 1 else "seqjax SLOWER")
+            verdict = h.verdict(s, t)
             table.append(
                 {
                     "seed": seed,

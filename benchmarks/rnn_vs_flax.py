@@ -171,8 +171,7 @@ def summarize(rows: Sequence[dict]) -> str:
     for (cfg, cell, mode, layout), p in pairs.items():
         s, f = p["seqjax"], p["flax"]
         ratio = s["median_ms"] / f["median_ms"]
-        overlap = s["q1_ms"] <= f["q3_ms"] and f["q1_ms"] <= s["q3_ms"]
-        verdict = "tie" if overlap else ("seqjax faster" if ratio < 1 else "seqjax SLOWER")
+        verdict = h.verdict(s, f)
         table.append(
             {
                 "config": cfg,
