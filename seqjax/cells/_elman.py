@@ -76,6 +76,14 @@ class ElmanCell:
         """``[..., I] -> [..., H]``: ``x W_x + b`` for any number of steps at once."""
         return affine(xs, params.w_x, params.b)
 
+    def project_weight(self, params: ElmanParams) -> Array:
+        """``W_x`` ``[I, H]``: ``project`` is ``x W_x`` plus a constant (see ``Cell``)."""
+        return params.w_x
+
+    def recur_weight(self, params: ElmanParams) -> Array:
+        """``W_h`` ``[H, H]``: ``recur`` is ``h W_h`` (see ``Cell``)."""
+        return params.w_h
+
     def recur(self, params: ElmanParams, carry: Array) -> Array:
         """The recurrent matmul ``h W_h``, ``[*B, H]`` (linear in ``w_h``)."""
         return carry @ params.w_h

@@ -84,6 +84,15 @@ class GRUCell:
         """``[..., I] -> [..., 3H]``: ``x W_x + b_x`` for any number of steps at once."""
         return affine(xs, params.w_x, params.b_x)
 
+    def project_weight(self, params: GRUParams) -> Array:
+        """``W_x`` ``[I, 3H]``: ``project`` is ``x W_x`` plus a constant (see ``Cell``)."""
+        return params.w_x
+
+    def recur_weight(self, params: GRUParams) -> Array:
+        """The columns of ``W_h`` that ``recur`` multiplies ``h`` by (``[H, 3H]``, or
+        ``[H, 2H]`` reset-before); ``recur`` is ``h`` times this plus a constant."""
+        return params.w_h if self.reset_after else params.w_h[:, : 2 * self.hidden_size]
+
     def recur(self, params: GRUParams, carry: Array) -> Array:
         """The recurrent matmul: ``h W_h + b_h``, ``[*B, 3H]`` (reset-after); in the
         reset-before form only its r and z blocks, ``[*B, 2H]``, since the candidate's

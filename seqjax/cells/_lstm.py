@@ -89,6 +89,18 @@ class LSTMCell:
         """``[..., I] -> [..., 4H]``: ``x W_x + b`` for any number of steps at once."""
         return affine(xs, params.w_x, params.b)
 
+    def project_weight(self, params: LSTMParams) -> Array:
+        """``W_x`` ``[I, 4H]``: ``project`` is ``x W_x`` plus a constant (see ``Cell``)."""
+        return params.w_x
+
+    def recur_weight(self, params: LSTMParams) -> Array:
+        """``W_h`` ``[H, 4H]``: ``recur`` is ``recur_input(carry) W_h`` (see ``Cell``)."""
+        return params.w_h
+
+    def recur_input(self, carry: LSTMCarry) -> Array:
+        """The part of the carry ``recur`` multiplies: ``h``, ``[*B, H]``."""
+        return carry.h
+
     def recur(self, params: LSTMParams, carry: LSTMCarry) -> Array:
         """The recurrent matmul ``h W_h``, ``[*B, 4H]`` (linear in ``w_h``)."""
         return carry.h @ params.w_h
