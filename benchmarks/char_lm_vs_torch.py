@@ -32,9 +32,10 @@ chunk's time covers building its windows (numpy), the updates and waiting for th
 and compiled ahead of time (``compile_s``, not in the timings). The first ``--warmup`` chunks
 are trained but not timed, on both sides. ``--repeats`` and ``--min-sample-ms`` do not apply.
 
-Devices: PyTorch runs its ops on every usable core (``torch.set_num_threads``); an XLA:CPU
-scan runs its per-step matmuls on one. ``--devices 1,2`` (the default) trains seqjax twice
-per seed, on one device and with the streams split over 2 host devices
+Devices: PyTorch runs its ops on every usable core (``torch.set_num_threads``); one XLA:CPU
+device threads each step's matmul but runs the rest of the step on one thread.
+``--devices 1,2`` (the default) trains seqjax twice per seed, on one device and with the
+streams split over 2 host devices
 (``train_char_lm(devices=2)``, i.e. ``seqjax train-charlm --devices 2``: ``shard_map``, a
 gradient ``psum`` per update), interleaved with PyTorch in one process that holds the
 largest count of host devices (set before JAX initialises).

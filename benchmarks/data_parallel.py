@@ -1,6 +1,7 @@
 """Does splitting the batch over host CPU devices make the recurrence use every core?
 
-Question: XLA:CPU runs a scan's per-step matmul on one core. With the cores exposed as host
+Question: one XLA:CPU device runs a scan's steps one after another (each step's matmul
+threaded, the rest of the step on one thread). With the cores exposed as host
 devices (``--devices``, default 2, set before JAX initialises) and the batch split over them
 (:mod:`seqjax.sharding`), how do forward, forward+backward and a whole training step compare
 with the same computation on one device?

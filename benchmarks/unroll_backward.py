@@ -11,9 +11,10 @@ the machine's large-matmul rate each reaches.
   that backward (``G`` = 4H for the LSTM, 3H for the GRU); ``matmul_fraction`` = that work /
   median time / the rate of one large ``[4096, 1024] @ [1024, 1024]`` float32 matmul measured
   in the same run (``matmul_gflops`` in every row).
-* JAX contenders are timed interleaved by ``_harness.measure_group``; PyTorch is timed in the
-  same process right after each group, with the same warm-up and repeat counts (median of
-  rounds of ``number`` calls), ``torch.set_num_threads`` = usable cores.
+* JAX contenders are timed interleaved by ``_harness.measure_group``; PyTorch is timed right
+  after each group, with the same warm-up and repeat counts (median of rounds of ``number``
+  calls), ``torch.set_num_threads`` = usable cores; on CPU in a process of its own
+  (``torch_process`` in its rows), since XLA's idle threads slowed it in this one.
 * Read ``ratio_vs_torch`` and ``ratio_vs_flax`` (seqjax median / peer median; < 1: seqjax
   faster) per row, and ``custom/autodiff``.
 
@@ -22,9 +23,10 @@ the machine's large-matmul rate each reaches.
   ``seqjax autodiff xN`` / ``seqjax custom xN``: the batch split over the ``N`` devices with
   ``shard_map`` (:mod:`seqjax.sharding`), each device differentiating its shard, the loss and
   parameter gradients summed once with ``psum``. Where ``B`` is not divisible by ``N`` the
-  rows are absent. XLA:CPU runs a scan's per-step matmul on one core, while PyTorch's
-  oneDNN uses every core it is given; with ``N`` = cores both sides use every core, so the
-  ``xN`` rows against PyTorch are the like-for-like comparison of the whole machine.
+  rows are absent. One XLA:CPU device threads each step's matmul over the cores but runs the
+  rest of the step (elementwise work, dispatch) on one thread, so small steps leave cores
+  idle; with ``N`` = cores every core runs a scan, so the ``xN`` rows against PyTorch
+  (oneDNN on every core) are the like-for-like comparison of the whole machine.
   The single-device rows run on device 0 in the same process.
 
 Usage::
@@ -36,8 +38,12 @@ Usage::
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -55,6 +61,7 @@ if __name__ == "__main__":  # host devices must exist before JAX initialises
     jax.config.update("jax_num_cpu_devices", int(h.early_option("--devices", "2")))
 
 SCRIPT = "unroll_backward"
+TORCH_WORKER = "--torch-worker"
 TITLE = "unroll forward+backward: seqjax autodiff vs custom backward vs PyTorch vs Flax"
 
 # (B, T, I, H), the four configurations of issue 7.
@@ -209,13 +216,32 @@ def flax_fn(name: str, hid: int):
 
 
 def torch_time(name: str, b: int, t: int, i: int, hid: int, args) -> dict | None:
-    """Median ms of one forward+backward of ``nn.LSTM`` / ``nn.GRU``, or None without torch."""
-    try:
-        import torch
-    except ImportError:
+    """Median ms of one forward+backward of ``nn.LSTM`` / ``nn.GRU``, or None without torch.
+
+    On CPU, PyTorch runs in a process of its own: in this one, the threads XLA:CPU leaves
+    spinning after each JAX call competed with oneDNN's for the two cores (LSTM B32/T128
+    in-process 46-84 ms against 41-43 ms alone).
+    """
+    if importlib.util.find_spec("torch") is None:
         return None
+    timing = (args.warmup, args.repeats, args.min_sample_ms)
+    if jax.default_backend() != "cpu":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return _torch_time(device, name, b, t, i, hid, *timing)
+    job = ["cpu", name, b, t, i, hid, *timing]
+    done = subprocess.run(
+        [sys.executable, __file__, TORCH_WORKER, json.dumps(job)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return {**json.loads(done.stdout.splitlines()[-1]), "torch_process": "separate"}
+
+
+def _torch_time(device, name, b, t, i, hid, warmup, repeats, min_sample_ms) -> dict:
+    import torch
+
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # every usable core
-    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     layer = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[name](i, hid).to(device)
     xs = torch.randn(t, b, i, device=device, requires_grad=True)
 
@@ -233,9 +259,9 @@ def torch_time(name: str, b: int, t: int, i: int, hid: int, args) -> dict | None
             call()
         return (time.perf_counter() - start) / number
 
-    per_call = min(sample(1) for _ in range(max(args.warmup, 1)))
-    number = max(1, int(args.min_sample_ms / 1e3 / per_call) + 1) if per_call > 0 else 1
-    ms = [1e3 * sample(number) for _ in range(args.repeats)]
+    per_call = min(sample(1) for _ in range(max(warmup, 1)))
+    number = max(1, int(min_sample_ms / 1e3 / per_call) + 1) if per_call > 0 else 1
+    ms = [1e3 * sample(number) for _ in range(repeats)]
     return {
         "label": "torch",
         "library": "torch",
@@ -427,8 +453,9 @@ def summarize(rows: Sequence[dict]) -> str:
         "backward; ratios < 1: seqjax faster. `best matmul frac` = matmul FLOPs of "
         "forward+backward / time / the large-matmul rate. "
         + (
-            "seqjax and Flax run on one XLA:CPU device, whose scan runs each step's matmul on "
-            "one core; PyTorch uses every core."
+            "seqjax and Flax run on one XLA:CPU device, which threads each step's matmul but "
+            "runs the rest of the step on one thread; PyTorch uses every core, in a process "
+            "of its own."
             if jax.default_backend() == "cpu"
             else f"Backend: {jax.default_backend()}; PyTorch on the same device."
         ),
@@ -484,4 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [TORCH_WORKER]:  # torch_time's clean process: one JSON row out
+        print(json.dumps(_torch_time(*json.loads(sys.argv[2]))))
+        raise SystemExit(0)
     raise SystemExit(main())

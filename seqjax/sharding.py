@@ -4,8 +4,10 @@ A recurrence is sequential in time but independent across the batch, so the batc
 spreads over devices: each device runs the whole scan on its slice of the sequences, with
 the parameters replicated, and the gradients are summed across devices once per step.
 
-* **On CPU**, XLA runs a scan's per-step matmul on one core; exposing the cores as several
-  host devices lets every core run the recurrence on its part of the batch. Set the number
+* **On CPU**, one XLA device runs a scan's steps one after another: it threads each step's
+  matmul over the cores, but the step's elementwise work and the dispatch of its operations
+  run on one thread, so a small step leaves the other cores idle. Exposing the cores as
+  several host devices runs one scan per core, each on its part of the batch. Set the number
   before JAX initialises its backends (before the first JAX operation)::
 
       import jax
