@@ -40,6 +40,11 @@ streams split over 2 host devices
 gradient ``psum`` per update), interleaved with PyTorch in one process that holds the
 largest count of host devices (set before JAX initialises).
 
+PyTorch alone: before the seeds, the PyTorch side of seed 0 also trains for its warm-up
+chunks plus up to 40 timed ones in a process of its own, where no JAX backend starts, and
+the results give its ms per update there and seqjax's time relative to it (in the shared
+process, threads XLA:CPU leaves spinning after a call can take cores from PyTorch's).
+
 Script flags (besides the harness's ``--quick``, ``--out``, ``--warmup``): ``--steps N``
 (updates per run, default 3000), ``--max-bytes N`` (corpus prefix; default: the whole
 default corpus), ``--seeds N`` (runs per library, default 2), ``--chunk N`` (windows per
@@ -58,9 +63,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 
@@ -97,6 +105,8 @@ if __name__ == "__main__":  # host devices must exist before JAX initialises
     )
 
 SCRIPT = "char_lm_vs_torch"
+TORCH_ALONE = "--torch-alone"
+ALONE_CHUNKS = 40
 TITLE = "seqjax.char_lm vs a PyTorch nn.LSTM char-LM (same data, size, optimizer, updates)"
 
 # Largest relative difference accepted between seqjax and the PyTorch copy of its parameters.
@@ -109,7 +119,7 @@ QUICK = dict(hidden_size=16, embed_size=8, batch_size=4, window=8, eval_bytes=20
 # --------------------------------------------------------------------------- command line
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None, check_devices: bool = True) -> argparse.Namespace:
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--steps", type=int, default=None, help="updates per run (default 3000)")
     own.add_argument("--max-bytes", type=int, default=None, help="corpus prefix in bytes")
@@ -139,7 +149,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("steps", "max_bytes", "seeds", "chunk"):
         setattr(args, name, getattr(mine, name))
     args.devices = _device_counts(mine.devices)
-    if args.devices[-1] > jax.device_count():
+    if check_devices and args.devices[-1] > jax.device_count():
         raise SystemExit(
             f"{SCRIPT}: --devices {mine.devices} needs {args.devices[-1]} devices; JAX has "
             f"{jax.device_count()} (the count is set only when run as a script)"
@@ -508,6 +518,39 @@ def train_pair(args, seed: int, check: dict) -> list[dict]:
     return rows
 
 
+def torch_alone(args) -> dict:
+    """PyTorch's ms per update trained in a process of its own, where no JAX runs.
+
+    In the shared process, threads XLA:CPU leaves spinning after each call can take cores
+    from PyTorch's (unroll_backward measured its LSTM up to 2x slower there); this says how
+    much that costs PyTorch here: seed 0's first chunks, the warm-up ones untimed.
+    """
+    chunks = min(args.steps // args.chunk, args.warmup + ALONE_CHUNKS)
+    done = subprocess.run(
+        [sys.executable, __file__, TORCH_ALONE, str(chunks), *args.argv],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _torch_alone_worker(chunks: int, argv: Sequence[str]) -> dict:
+    args = parse_args(argv, check_devices=False)  # no JAX backend starts in this process
+    torch.set_num_threads(usable_cores())
+    config = make_config(args, 0)
+    side = TorchRun(config, char_lm.load(config), args.chunk)
+    times = []
+    for c in range(chunks):
+        t0 = time.perf_counter()
+        side.train_chunk(c * args.chunk)
+        if c >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return {
+        "torch_alone_ms": 1e3 * statistics.median(times) / args.chunk,
+        "torch_alone_updates_per_s": len(times) * args.chunk / sum(times),
+        "torch_alone_timed_chunks": len(times),
+    }
+
+
 def run(args) -> h.Recorder:
     torch.set_num_threads(usable_cores())
     rec = ChunkRecorder(SCRIPT, args)
@@ -529,6 +572,11 @@ def run(args) -> h.Recorder:
         max_norm=base.max_norm,
         max_bytes=args.max_bytes,
         usable_cores=usable_cores(),
+    )
+    common.update(torch_alone(args))
+    print(
+        f"[{cfg}] PyTorch alone in a process: {common['torch_alone_ms']:.2f} ms/update "
+        f"({common['torch_alone_updates_per_s']:.2f} updates/s)"
     )
     print(f"[{cfg}] checking that both sides compute the same function")
     model = char_lm.CharLM(base)
@@ -685,8 +733,24 @@ def summarize(rows: Sequence[dict]) -> str:
         ),
         "",
         *[_mean_line(d, by_devices[d], pt, mean) for d in counts],
+        *_alone_lines(rows, by_devices, counts, mean),
     ]
     return "\n".join(parts)
+
+
+def _alone_lines(rows, by_devices, counts, mean) -> list[str]:
+    alone = rows[0].get("torch_alone_ms")
+    if alone is None:
+        return []
+    ratios = ", ".join(
+        f"{d} device(s) {1e3 / mean('updates_per_s', by_devices[d]) / alone:.3f}" for d in counts
+    )
+    return [
+        f"PyTorch alone, in a process where no JAX runs (seed 0, "
+        f"{rows[0]['torch_alone_timed_chunks']} timed chunks): {alone:.2f} ms per update, "
+        f"{rows[0]['torch_alone_updates_per_s']:.2f} updates/s. seqjax's mean time per update "
+        f"over that: {ratios} (< 1: seqjax faster).\n"
+    ]
 
 
 def _mean_line(devices: int, sj: list[dict], pt: list[dict], mean) -> str:
@@ -702,7 +766,9 @@ def _mean_line(devices: int, sj: list[dict], pt: list[dict], mean) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    args.argv = argv
     rec = run(args)
     body = summarize(rec.rows)
     rec.write(body, TITLE)
@@ -711,4 +777,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == [TORCH_ALONE]:  # torch_alone's process: one JSON line out
+        print(json.dumps(_torch_alone_worker(int(sys.argv[2]), sys.argv[3:])))
+        raise SystemExit(0)
     raise SystemExit(main())
