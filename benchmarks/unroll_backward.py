@@ -11,10 +11,11 @@ the machine's large-matmul rate each reaches.
   that backward (``G`` = 4H for the LSTM, 3H for the GRU); ``matmul_fraction`` = that work /
   median time / the rate of one large ``[4096, 1024] @ [1024, 1024]`` float32 matmul measured
   in the same run (``matmul_gflops`` in every row).
-* JAX contenders are timed interleaved by ``_harness.measure_group``; PyTorch is timed right
-  after each group, with the same warm-up and repeat counts (median of rounds of ``number``
-  calls), ``torch.set_num_threads`` = usable cores; on CPU in a process of its own
-  (``torch_process`` in its rows), since XLA's idle threads slowed it in this one.
+* JAX contenders are timed interleaved by ``_harness.measure_group``; PyTorch is timed with
+  the same warm-up and repeat counts (median of rounds of ``number`` calls),
+  ``torch.set_num_threads`` = usable cores, every configuration before any JAX work; on CPU
+  in a process of its own (``torch_process`` in its rows): after JAX work, threads XLA:CPU
+  leaves spinning slowed it, in this process and in one started from it.
 * Read ``ratio_vs_torch`` and ``ratio_vs_flax`` (seqjax median / peer median; < 1: seqjax
   faster) per row, and ``custom/autodiff``.
 
@@ -215,27 +216,30 @@ def flax_fn(name: str, hid: int):
     return jax.value_and_grad(loss, argnums=(0, 1))
 
 
-def torch_time(name: str, b: int, t: int, i: int, hid: int, args) -> dict | None:
-    """Median ms of one forward+backward of ``nn.LSTM`` / ``nn.GRU``, or None without torch.
+def torch_times(jobs: list[tuple], args) -> dict:
+    """``{(cell, B, T, I, H): row}``: median ms of one forward+backward of ``nn.LSTM`` /
+    ``nn.GRU`` per job; empty without torch.
 
-    On CPU, PyTorch runs in a process of its own: in this one, the threads XLA:CPU leaves
-    spinning after each JAX call competed with oneDNN's for the two cores (LSTM B32/T128
-    in-process 46-84 ms against 41-43 ms alone).
+    On CPU, PyTorch runs in a process of its own, before this one runs any JAX: after JAX
+    work, threads XLA:CPU leaves spinning took cores from oneDNN's for seconds (LSTM
+    B32/T128 72-102 ms in a process started right after a JAX group, 38-45 ms alone).
     """
     if importlib.util.find_spec("torch") is None:
-        return None
+        return {}
     timing = (args.warmup, args.repeats, args.min_sample_ms)
     if jax.default_backend() != "cpu":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return _torch_time(device, name, b, t, i, hid, *timing)
-    job = ["cpu", name, b, t, i, hid, *timing]
+        return {job: _torch_time(device, *job, *timing) for job in jobs}
+    work = [["cpu", *job, *timing] for job in jobs]
     done = subprocess.run(
-        [sys.executable, __file__, TORCH_WORKER, json.dumps(job)],
+        [sys.executable, __file__, TORCH_WORKER, json.dumps(work)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return {**json.loads(done.stdout.splitlines()[-1]), "torch_process": "separate"}
+    rows = json.loads(done.stdout.splitlines()[-1])
+    pairs = zip(jobs, rows, strict=True)
+    return {job: {**row, "torch_process": "separate, before JAX"} for job, row in pairs}
 
 
 def _torch_time(device, name, b, t, i, hid, warmup, repeats, min_sample_ms) -> dict:
@@ -277,10 +281,11 @@ def _torch_time(device, name, b, t, i, hid, warmup, repeats, min_sample_ms) -> d
 
 def run(args) -> h.Recorder:
     rec = h.Recorder(SCRIPT, args)
+    configs = QUICK_CONFIGS if args.quick else FULL_CONFIGS
+    peers = torch_times([(n, *c) for c in configs for n in CELLS], args)
     rate = matmul_gflops(args)
     print(f"large matmul: {rate:.1f} GFLOP/s")
     timing = dict(repeats=args.repeats, warmup=args.warmup, min_sample_s=args.min_sample_ms / 1e3)
-    configs = QUICK_CONFIGS if args.quick else FULL_CONFIGS
     mesh = sharding.batch_mesh()
     n_dev = mesh.size
     key = jax.random.key(0)
@@ -332,7 +337,7 @@ def run(args) -> h.Recorder:
                         float(jnp.max(jnp.abs(jnp.asarray(a) - jnp.asarray(r))))
                         for a, r in zip(jax.tree.leaves(out), reference, strict=True)
                     )
-            peer = torch_time(name, b, t, i, hid, args)
+            peer = peers.get((name, b, t, i, hid))
             if peer is not None:
                 rows.append(peer)
                 print(f"  torch ({peer['torch_device']:<4})             median "
@@ -511,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == [TORCH_WORKER]:  # torch_time's clean process: one JSON row out
-        print(json.dumps(_torch_time(*json.loads(sys.argv[2]))))
+    if sys.argv[1:2] == [TORCH_WORKER]:  # torch_times' clean process: one JSON list out
+        print(json.dumps([_torch_time(*job) for job in json.loads(sys.argv[2])]))
         raise SystemExit(0)
     raise SystemExit(main())
