@@ -24,6 +24,13 @@ Same work on both sides:
   copy loaded with seqjax's initial parameters (``seqjax.interop.torch.params_to_torch``)
   must give seqjax's held-out bpc, first-window loss and gradient norm (relative difference
   <= 1e-3), or the script fails.
+- The same start: one more seqjax run per seed (on the largest device count) begins from
+  the PyTorch side's initial parameters (``seqjax.interop.torch.params_from_torch``; checked
+  to give PyTorch's held-out bpc before training), so that a bpc difference there belongs to
+  the libraries, not to their initialisations. What remains is PyTorch's second LSTM bias:
+  ``nn.LSTM`` adds ``bias_ih + bias_hh`` and Adam moves each, so the summed bias moves up to
+  twice as fast (with the two folded into one, PyTorch's training equals seqjax's to float
+  rounding: ``tests/test_torch_training.py``).
 
 Timing: the two sides are trained in the same process, chunk by chunk, interleaved (which
 side goes first alternates per chunk), so noise from other processes hits both alike. Each
@@ -82,7 +89,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqjax import char_lm, data, train
-from seqjax.interop.torch import params_to_torch
+from seqjax.interop.torch import params_from_torch, params_to_torch
 
 
 def _device_counts(text: str) -> list[int]:
@@ -241,6 +248,38 @@ def torch_copy_of(model: char_lm.CharLM, params) -> TorchCharLM:
     return copy
 
 
+def seqjax_params_of(model: char_lm.CharLM, torch_model: TorchCharLM) -> char_lm.CharLMParams:
+    """PyTorch's initial parameters as seqjax params (the "same start" side)."""
+
+    def arr(t):
+        return jnp.asarray(t.detach().numpy())
+
+    state = torch_model.state_dict()
+    rnn = {k.removeprefix("rnn."): v for k, v in state.items() if k.startswith("rnn.")}
+    template = initial_state(model).params
+    return char_lm.CharLMParams(
+        embed=template.embed._replace(table=arr(torch_model.embed.weight)),
+        rnn=params_from_torch(model.rnn, rnn),
+        head=template.head._replace(w=arr(torch_model.head.weight).T, b=arr(torch_model.head.bias)),
+    )
+
+
+def torch_initial_state(model: char_lm.CharLM, corpus: char_lm.Corpus) -> char_lm.TrainState:
+    """``new_state(model)`` starting from TorchRun's initial parameters, checked on held-out bpc."""
+    torch.manual_seed(model.config.seed)  # as TorchRun: the same draw
+    torch_model = TorchCharLM(model.config)
+    params = seqjax_params_of(model, torch_model)
+    seqjax_bpc = char_lm.evaluate(model, params, corpus.held_out)
+    torch_bpc = torch_evaluate(torch_model, corpus.held_out)
+    if _rel(seqjax_bpc, torch_bpc) > REL_TOL:
+        raise AssertionError(
+            f"seqjax with PyTorch's initial parameters gives held-out bpc {seqjax_bpc:.6f}, "
+            f"PyTorch {torch_bpc:.6f} (relative difference > {REL_TOL:g})"
+        )
+    optimizer = train.default_optimizer(model.config.learning_rate, max_norm=model.config.max_norm)
+    return initial_state(model)._replace(params=params, opt_state=optimizer.init(params))
+
+
 def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-30)
 
@@ -302,18 +341,26 @@ class SeqjaxRun:
     """seqjax as a user trains it: ``new_state`` and ``make_chunk_fn``, compiled up front.
 
     With ``devices > 1``, as ``train_char_lm(devices=...)``: the state placed on the mesh
-    (carries split by stream) and each chunk's windows split by stream.
+    (carries split by stream) and each chunk's windows split by stream. ``start="torch"``:
+    from PyTorch's initial parameters (the torch side's, imported), instead of seqjax's.
     """
 
     library = "seqjax"
 
-    def __init__(self, config, corpus, chunk: int, devices: int = 1):
+    def __init__(self, config, corpus, chunk: int, devices: int = 1, start: str = "own"):
         self.config, self.corpus, self.chunk = config, corpus, chunk
-        self.devices = devices
-        self.name = "seqjax" if devices == 1 else f"seqjax x{devices}"
+        self.devices, self.start = devices, start
+        self.name = ("seqjax" if devices == 1 else f"seqjax x{devices}") + (
+            " (torch init)" if start == "torch" else ""
+        )
         self.mesh = char_lm.device_mesh(devices, config.batch_size)
         self.model = char_lm.CharLM(config)
-        self.state = char_lm.place_state(initial_state(self.model), self.mesh)
+        state = (
+            torch_initial_state(self.model, corpus)
+            if start == "torch"
+            else initial_state(self.model)
+        )
+        self.state = char_lm.place_state(state, self.mesh)
         run = char_lm.make_chunk_fn(self.model, self.mesh)
         windows = self._windows(0)
         t0 = time.perf_counter()
@@ -345,6 +392,7 @@ class TorchRun:
     library = "torch"
     name = "torch"
     devices = None
+    start = "own"
 
     def __init__(self, config, corpus, chunk: int):
         self.config, self.corpus, self.chunk = config, corpus, chunk
@@ -420,6 +468,8 @@ def train_pair(args, seed: int, check: dict) -> list[dict]:
     config = make_config(args, seed)
     corpus = char_lm.load(config)
     sides = [SeqjaxRun(config, corpus, args.chunk, d) for d in args.devices]
+    # The same start: seqjax on the most devices, from PyTorch's initial parameters.
+    sides.append(SeqjaxRun(config, corpus, args.chunk, args.devices[-1], start="torch"))
     sides.append(TorchRun(config, corpus, args.chunk))
     chunks = args.steps // args.chunk
     times: list[list[float]] = [[] for _ in sides]
@@ -506,7 +556,10 @@ def train_pair(args, seed: int, check: dict) -> list[dict]:
                 ),
                 "char_lm_config": dataclasses.asdict(config),
                 "torch_threads": torch.get_num_threads(),
-                "init": "seqjax defaults" if side.library == "seqjax" else "PyTorch defaults",
+                "init": "PyTorch defaults"
+                if side.library == "torch" or side.start == "torch"
+                else "seqjax defaults",
+                "start": side.start,
                 **check,
             }
         )
@@ -621,12 +674,22 @@ def _devices_of(row: dict) -> int:
     return row.get("devices") or 1  # rows written before --devices existed: one device
 
 
+def _side(row: dict) -> tuple[int, str]:
+    """A seqjax row's side: its device count and its start (``own`` or ``torch`` init)."""
+    return _devices_of(row), row.get("start", "own")
+
+
+def _side_name(side: tuple[int, str]) -> str:
+    devices, start = side
+    return f"{devices} device(s)" + (", PyTorch's initial parameters" if start == "torch" else "")
+
+
 def summarize(rows: Sequence[dict]) -> str:
     pairs: dict = {}
     for r in rows:
-        key = "torch" if r["library"] == "torch" else _devices_of(r)
+        key = "torch" if r["library"] == "torch" else _side(r)
         pairs.setdefault(r["seed"], {})[key] = r
-    counts = sorted({_devices_of(r) for r in rows if r["library"] == "seqjax"})
+    counts = sorted({_side(r) for r in rows if r["library"] == "seqjax"})
     table = []
     for seed, p in sorted(pairs.items()):
         t = p["torch"]
@@ -637,7 +700,8 @@ def summarize(rows: Sequence[dict]) -> str:
             table.append(
                 {
                     "seed": seed,
-                    "devices": d,
+                    "devices": d[0],
+                    "init": "torch" if d[1] == "torch" else "own",
                     "bpc": f"{s['heldout_bpc']:.4f} / {t['heldout_bpc']:.4f}",
                     "dbpc": s["heldout_bpc"] - t["heldout_bpc"],
                     "train": f"{s['final_train_loss']:.4f} / {t['final_train_loss']:.4f}",
@@ -665,7 +729,7 @@ def summarize(rows: Sequence[dict]) -> str:
     first = rows[0]
     cfg = first["char_lm_config"]
     by_devices = {
-        d: [r for r in rows if r["library"] == "seqjax" and _devices_of(r) == d] for d in counts
+        d: [r for r in rows if r["library"] == "seqjax" and _side(r) == d] for d in counts
     }
     pt = [r for r in rows if r["library"] == "torch"]
 
@@ -689,10 +753,14 @@ def summarize(rows: Sequence[dict]) -> str:
         f"{cfg['corpus'] or 'the Python standard library source'}"
         f"{prefix}.",
         "",
-        "Same windows in the same order, same loss, clipping and Adam settings; each library "
-        "initialises with its own defaults. A PyTorch copy of seqjax's initial parameters "
-        "matched seqjax on held-out bpc, first-window loss and gradient norm (worst relative "
-        f"difference {worst_check:.1e}). One difference is PyTorch's own: `nn.LSTM` keeps two "
+        "Same windows in the same order, same loss, clipping and Adam settings. Each library "
+        "initialises with its own defaults (`seqjax init` = own), and one more seqjax run per "
+        "seed starts from the PyTorch side's initial parameters, imported with "
+        "`seqjax.interop.torch` (`seqjax init` = torch: the same start, so that a bpc "
+        "difference is the libraries' and not the initialisations'; that import reproduced "
+        "PyTorch's held-out bpc before training). A PyTorch copy of seqjax's initial "
+        "parameters matched seqjax on held-out bpc, first-window loss and gradient norm "
+        f"(worst relative difference {worst_check:.1e}). One difference is PyTorch's own: `nn.LSTM` keeps two "
         "bias vectors (`bias_ih`, `bias_hh`) where seqjax keeps one sum, so the bias gradient "
         "counts twice in PyTorch's clipping norm and Adam moves the summed bias up to twice "
         "as far per update.",
@@ -716,6 +784,7 @@ def summarize(rows: Sequence[dict]) -> str:
             [
                 ("seed", "seed"),
                 ("devices", "devices"),
+                ("seqjax init", "init"),
                 ("bpc seqjax / torch", "bpc"),
                 ("dbpc", "dbpc"),
                 ("train loss seqjax / torch", "train"),
@@ -743,7 +812,7 @@ def _alone_lines(rows, by_devices, counts, mean) -> list[str]:
     if alone is None:
         return []
     ratios = ", ".join(
-        f"{d} device(s) {1e3 / mean('updates_per_s', by_devices[d]) / alone:.3f}" for d in counts
+        f"{_side_name(d)} {1e3 / mean('updates_per_s', by_devices[d]) / alone:.3f}" for d in counts
     )
     return [
         f"PyTorch alone, in a process where no JAX runs (seed 0, "
@@ -753,9 +822,9 @@ def _alone_lines(rows, by_devices, counts, mean) -> list[str]:
     ]
 
 
-def _mean_line(devices: int, sj: list[dict], pt: list[dict], mean) -> str:
+def _mean_line(side: tuple[int, str], sj: list[dict], pt: list[dict], mean) -> str:
     return (
-        f"Mean over seeds, seqjax on {devices} device(s): held-out bpc seqjax "
+        f"Mean over seeds, seqjax on {_side_name(side)}: held-out bpc seqjax "
         f"{mean('heldout_bpc', sj):.4f}, torch {mean('heldout_bpc', pt):.4f}; updates/s seqjax "
         f"{mean('updates_per_s', sj):.2f}, torch {mean('updates_per_s', pt):.2f} (seqjax / "
         f"torch {mean('updates_per_s', sj) / mean('updates_per_s', pt):.3f}). seqjax compile "
