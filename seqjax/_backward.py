@@ -122,7 +122,6 @@ def structured_unroll(
     unroll: int | bool,
     hoist: bool,
     save_px: bool,
-    barrier: bool = False,
     transposed_weights: bool = False,
 ):
     """``(carry, ys)`` of the time-major unroll, with the structured derivative.
@@ -154,8 +153,6 @@ def structured_unroll(
 
         def body(c, slices):
             t, x, reset = slices
-            if barrier:
-                x = jax.lax.optimization_barrier(x)
             if reset is not None:
                 c = _select(reset, fresh, c)
             px = x if hoist else cell.project(params, x)
@@ -222,8 +219,6 @@ def structured_unroll(
 
         # Recomputed from (c, px, r) in the reverse loop instead of saving its activations.
         def update_fn(p, c, px, r):
-            if barrier:
-                c, px, r = jax.lax.optimization_barrier((c, px, r))
             if additive:  # px is z = px + r here; r is zero
                 r = jnp.zeros_like(px)
             return cell.update(p, c, px, r)

@@ -54,12 +54,6 @@ _BACKWARD = {"cpu": "custom", "gpu": "custom"}
 # 1.04-1.2x faster; unroll=8: LSTM fwd+bwd 1.3-1.7x slower; forward +-5%), so 1 there.
 _SCAN_UNROLL = {"gpu": 8}
 
-# With the structured derivative, whether each step's slices of the stacked residuals are
-# materialised (lax.optimization_barrier) before the elementwise update reads them. XLA:CPU
-# otherwise fuses the dynamic slice into the elementwise loop, which then ran ~10x slower
-# (LSTM B32/T128 fwd+bwd 190 -> 163 ms with the barrier); on the GPU it was not needed.
-_BARRIER_SLICES = {"cpu": True}
-
 # With the structured derivative and the projection inside the scan, save each step's
 # projected input (True) or recompute all of them after the loop in one matmul (False).
 # XLA:CPU: saving was 1.0-1.1x faster (LSTM B32/T128 159 vs 178 ms); on the GPU the
@@ -269,7 +263,6 @@ def unroll(
             unroll=unroll,
             hoist=hoist_projection,
             save_px=_SAVE_PX.get(platform, True),
-            barrier=_BARRIER_SLICES.get(platform, False),
             transposed_weights=_TRANSPOSED_WEIGHTS.get(platform, False),
         )
         return carry, jnp.moveaxis(ys, 0, axis)
