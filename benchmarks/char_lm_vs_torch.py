@@ -760,10 +760,10 @@ def summarize(rows: Sequence[dict]) -> str:
         "difference is the libraries' and not the initialisations'; that import reproduced "
         "PyTorch's held-out bpc before training). A PyTorch copy of seqjax's initial "
         "parameters matched seqjax on held-out bpc, first-window loss and gradient norm "
-        f"(worst relative difference {worst_check:.1e}). One difference is PyTorch's own: `nn.LSTM` keeps two "
-        "bias vectors (`bias_ih`, `bias_hh`) where seqjax keeps one sum, so the bias gradient "
-        "counts twice in PyTorch's clipping norm and Adam moves the summed bias up to twice "
-        "as far per update.",
+        f"(worst relative difference {worst_check:.1e}). One difference is PyTorch's own: "
+        "`nn.LSTM` keeps two bias vectors (`bias_ih`, `bias_hh`) where seqjax keeps one sum, "
+        "so the bias gradient counts twice in PyTorch's clipping norm and Adam moves the "
+        "summed bias up to twice as far per update.",
         "",
         "`bpc` = held-out bits per char after training, seqjax / torch; `dbpc` = seqjax - "
         f"torch (< 0: seqjax better). `train loss` = mean loss (nats) over the last "
