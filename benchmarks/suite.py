@@ -301,6 +301,12 @@ def summarize(rows: Sequence[dict], experiment: str) -> str:
 # --------------------------------------------------------------------------- plots
 
 
+def _tick(config: str, cell: str) -> str:
+    """``lstm`` over ``B32 T128`` over ``I64 H256``: narrow enough for neighbours not to touch."""
+    sizes, _, features = config.partition(" I")
+    return f"{cell}\n{sizes}\nI{features}" if features else f"{cell}\n{config}"
+
+
 def plot(rows: Sequence[dict], path: Path, experiment: str, title: str) -> bool:
     """Write the experiment's figure to ``path``; False when matplotlib is missing."""
     try:
@@ -366,7 +372,7 @@ def plot(rows: Sequence[dict], path: Path, experiment: str, title: str) -> bool:
             ax.axhline(1.0, color="black", lw=1)
             ax.set_yscale("log")
             ax.set_xticks(range(len(labels)))
-            ax.set_xticklabels([f"{cell}\n{cfg}" for cfg, cell in labels], fontsize=7)
+            ax.set_xticklabels([_tick(cfg, cell) for cfg, cell in labels], fontsize=7)
             ax.set_ylabel("peer time / seqjax time\n(> 1: seqjax faster)")
             ax.set_title(f"{mode}")
             ax.grid(True, axis="y", which="both", alpha=0.3)
