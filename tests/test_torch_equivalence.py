@@ -257,7 +257,7 @@ def load(torch, module, state_dict: dict[str, np.ndarray]) -> None:
     module.load_state_dict({key: torch.from_numpy(value) for key, value in state_dict.items()})
 
 
-@pytest.mark.parametrize("seed, spec", enumerate(LIVE_CASES.values()), ids=list(LIVE_CASES))
+@pytest.mark.parametrize("seed, spec", list(enumerate(LIVE_CASES.values())), ids=list(LIVE_CASES))
 def test_export_to_torch(torch, seed, spec):
     model, module, case, time_axis = live_setup(spec, seed)
     params = random_params(model, seed)
@@ -267,7 +267,7 @@ def test_export_to_torch(torch, seed, spec):
     assert_bit_equal(params_from_torch(model, state_dict), params)
 
 
-@pytest.mark.parametrize("seed, spec", enumerate(LIVE_CASES.values()), ids=list(LIVE_CASES))
+@pytest.mark.parametrize("seed, spec", list(enumerate(LIVE_CASES.values())), ids=list(LIVE_CASES))
 def test_import_from_torch(torch, seed, spec):
     model, module, case, time_axis = live_setup(spec, seed)
     expected = torch_results(module, case)
