@@ -88,7 +88,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqjax import char_lm, data, train
+from seqjax import DenseParams, EmbeddingParams, char_lm, data, train
 from seqjax.interop.torch import params_from_torch, params_to_torch
 
 
@@ -194,6 +194,12 @@ class TorchCharLM(nn.Module):
         return self.head(ys), state
 
 
+def torch_initial_model(config: char_lm.CharLMConfig) -> TorchCharLM:
+    """The PyTorch char-LM with its default initialisation, drawn from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return TorchCharLM(config)
+
+
 def torch_optimizer(model: nn.Module, config: char_lm.CharLMConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8
@@ -251,23 +257,18 @@ def torch_copy_of(model: char_lm.CharLM, params) -> TorchCharLM:
 def seqjax_params_of(model: char_lm.CharLM, torch_model: TorchCharLM) -> char_lm.CharLMParams:
     """PyTorch's initial parameters as seqjax params (the "same start" side)."""
 
-    def arr(t):
-        return jnp.asarray(t.detach().numpy())
-
-    state = torch_model.state_dict()
+    state = {k: jnp.asarray(v.numpy()) for k, v in torch_model.state_dict().items()}
     rnn = {k.removeprefix("rnn."): v for k, v in state.items() if k.startswith("rnn.")}
-    template = initial_state(model).params
     return char_lm.CharLMParams(
-        embed=template.embed._replace(table=arr(torch_model.embed.weight)),
+        embed=EmbeddingParams(state["embed.weight"]),
         rnn=params_from_torch(model.rnn, rnn),
-        head=template.head._replace(w=arr(torch_model.head.weight).T, b=arr(torch_model.head.bias)),
+        head=DenseParams(state["head.weight"].T, state["head.bias"]),
     )
 
 
 def torch_initial_state(model: char_lm.CharLM, corpus: char_lm.Corpus) -> char_lm.TrainState:
     """``new_state(model)`` starting from TorchRun's initial parameters, checked on held-out bpc."""
-    torch.manual_seed(model.config.seed)  # as TorchRun: the same draw
-    torch_model = TorchCharLM(model.config)
+    torch_model = torch_initial_model(model.config)  # TorchRun's draw
     params = seqjax_params_of(model, torch_model)
     seqjax_bpc = char_lm.evaluate(model, params, corpus.held_out)
     torch_bpc = torch_evaluate(torch_model, corpus.held_out)
@@ -396,8 +397,7 @@ class TorchRun:
 
     def __init__(self, config, corpus, chunk: int):
         self.config, self.corpus, self.chunk = config, corpus, chunk
-        torch.manual_seed(config.seed)
-        self.model = TorchCharLM(config)
+        self.model = torch_initial_model(config)
         self.optimizer = torch_optimizer(self.model, config)
         self.state = None
         self.info = {"lower_s": None, "compile_s": None}
