@@ -49,11 +49,9 @@ def has_structure(cell) -> bool:
     return callable(getattr(cell, "recur", None)) and callable(getattr(cell, "update", None))
 
 
-def has_weights(cell) -> bool:
-    """Whether ``cell`` names the matrices of its ``project`` and ``recur`` (see ``Cell``)."""
-    return callable(getattr(cell, "project_weight", None)) and callable(
-        getattr(cell, "recur_weight", None)
-    )
+def names_weight(cell, which: str) -> bool:
+    """Whether ``cell`` names the matrix of its ``which`` map, "project" or "recur" (see Cell)."""
+    return callable(getattr(cell, f"{which}_weight", None))
 
 
 def _recur_input(cell, carry):
@@ -135,7 +133,8 @@ def structured_unroll(
     """
     num_steps = xs.shape[0]
     additive = reads_sum(cell)
-    by_weights = transposed_weights and has_weights(cell)
+    by_project = transposed_weights and names_weight(cell, "project")
+    by_recur = transposed_weights and names_weight(cell, "recur")
     needs_time = lengths is not None or truncate is not None
 
     def border(t):
@@ -192,9 +191,10 @@ def structured_unroll(
             pxs = cell.project(params, xs)  # one matmul over all steps, after the loop
         # Time-parallel tangents: their transposes are one large matmul each.
         lead = xs.ndim - 1  # the T and batch axes, flattened into one (see _flat_steps)
-        if by_weights:  # the input half as dx @ W_x, transposed into one ct @ Wt_x
-            wxt = _transposed_copy(cell.project_weight(params))
+        if by_recur:
             wht = _transposed_copy(cell.recur_weight(params))
+        if by_project:  # the input half as dx @ W_x, transposed into one ct @ Wt_x
+            wxt = _transposed_copy(cell.project_weight(params))
 
             def project_tangent(x, dx):
                 d_w = jax.jvp(lambda p: cell.project(p, x), (params,), (d_params,))[1]
@@ -213,7 +213,7 @@ def structured_unroll(
             d_pxs, d_rs_w = jax.tree.map(jnp.add, d_pxs, d_rs_w), None
 
         def recur_c(c, dc):
-            if by_weights:  # transposed into dG @ Wt_h
+            if by_recur:  # transposed into dG @ Wt_h
                 return _times_transposed(_recur_input(cell, dc), wht)
             return jax.jvp(lambda c: cell.recur(params, c), (c,), (dc,))[1]
 

@@ -40,12 +40,12 @@ class Cell(Protocol):
     (``update(p, c, px, r) == update(p, c, px + r, 0)``); the structured derivative then saves
     and differentiates one ``[*B, G]`` array per step instead of two.
 
-    A cell may also name the matrices of those two maps: ``project_weight(params)`` ``W_x``
-    ``[I, G]`` and ``recur_weight(params)`` ``W_h`` with ``project(params, x) == x W_x + b``
-    and ``recur(params, carry) == recur_input(carry) W_h + b_h`` (``b``, ``b_h`` constant in
-    ``x`` and the carry; ``recur_input`` linear, by default the carry itself). The
-    structured derivative then multiplies cotangents by transposed copies of them, the
-    form XLA:CPU runs fastest.
+    A cell may also name the matrices of those two maps (either or both):
+    ``project_weight(params)`` ``W_x`` ``[I, G]`` and ``recur_weight(params)`` ``W_h`` with
+    ``project(params, x) == x W_x + b`` and ``recur(params, carry) == recur_input(carry) W_h
+    + b_h`` (``b``, ``b_h`` constant in ``x`` and the carry; ``recur_input`` linear, by
+    default the carry itself). The structured derivative then multiplies cotangents by
+    transposed copies of them, the form XLA:CPU runs fastest.
 
     With them, ``unroll(..., backward="custom")`` differentiates the scan with a reverse
     loop that holds only what is sequential and computes all weight and input gradients
