@@ -43,6 +43,7 @@ from seqjax.cells import (
     with_noise,
 )
 from seqjax.cells._esn import EchoStateCell, EchoStateParams
+from seqjax.embedded import embedded_unroll
 from seqjax.generate import Beams, Decoded, beam_search, decode, pick_token, sample
 from seqjax.layers import (
     Bidirectional,
@@ -148,6 +149,7 @@ __all__ = [
     "cross_entropy",
     "decode",
     "default_optimizer",
+    "embedded_unroll",
     "last_valid",
     "mean_squared_error",
     "mean_valid",

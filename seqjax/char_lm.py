@@ -25,6 +25,7 @@ import numpy as np
 from seqjax import checkpoint, data, generate, sharding, train
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.cells import ElmanCell, GRUCell, LSTMCell
+from seqjax.embedded import embedded_unroll
 from seqjax.layers import Dense, Embedding, Stack
 
 CELLS = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}
@@ -128,9 +129,19 @@ class CharLM:
         return self.rnn.init_carry(batch_shape)
 
     def __call__(self, params, carry, ids, resets=None) -> tuple[tuple, Array]:
-        """Run over time-major ids ``[T, *B]``; returns ``(carry, logits [T, *B, 256])``."""
-        carry, ys = self.rnn(params.rnn, self.embed(params.embed, ids), carry, resets=resets)
-        return carry, self.head(params.head, ys)
+        """Run over time-major ids ``[T, *B]``; returns ``(carry, logits [T, *B, 256])``.
+
+        The embedding is folded into the first layer's input projection
+        (:func:`seqjax.embedded_unroll`) when that has fewer rows to project.
+        """
+        first, *rest = self.rnn.layers
+        carry = self.init_carry(ids.shape[1:]) if carry is None else tuple(carry)
+        table = params.embed.table
+        bottom, ys = embedded_unroll(first, params.rnn[0], table, ids, carry[0], resets=resets)
+        if rest:
+            upper, ys = Stack(tuple(rest))(params.rnn[1:], ys, carry[1:], resets=resets)
+            return (bottom, *upper), self.head(params.head, ys)
+        return (bottom,), self.head(params.head, ys)
 
     def step(self, params, carry, token) -> tuple[tuple, Array]:
         """One token ``[*B]`` in, ``(carry, logits [*B, 256])`` out."""

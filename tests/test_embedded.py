@@ -1,0 +1,131 @@
+"""embedded_unroll equals unroll over embedded ids, folded or not, values and gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqjax import (
+    Embedding,
+    EmbeddingParams,
+    LSTMCell,
+    VariationalDropoutCell,
+    embedded_unroll,
+    unroll,
+)
+from seqjax.embedded import can_fold
+from tests.conftest import random_like, tree_allclose
+from tests.registry import CELLS
+
+T, B, V = 6, 2, 5  # V <= T * B: the default folds
+TOL = dict(rtol=1e-10, atol=1e-12)  # float64, the same sums in another order
+FOLDABLE = [name for name, cell in CELLS.items() if can_fold(cell, V)]
+
+
+def _problem(cell):
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(jax.random.key(0)))
+    table = jax.random.normal(jax.random.key(1), (V, cell.input_size), jnp.float64)
+    ids = jax.random.randint(jax.random.key(2), (T, B), 0, V)
+    carry = random_like(cell.init_carry((B,), jnp.float64), jax.random.key(3))
+    return params, table, ids, carry
+
+
+def _out_and_grads(f, params, table, carry):
+    """``f(params, table, carry) -> (carry, ys)``, and the gradient of a loss on both."""
+
+    def loss(p, t, c):
+        final, ys = f(p, t, c)
+        weights = jnp.cos(jnp.arange(ys.size, dtype=ys.dtype)).reshape(ys.shape)
+        return jnp.sum(weights * ys) + sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(final))
+
+    return jax.jit(lambda p, t, c: (f(p, t, c), jax.grad(loss, argnums=(0, 1, 2))(p, t, c)))(
+        params, table, carry
+    )
+
+
+def test_the_shipped_gated_cells_fold():
+    assert {"lstm", "gru", "elman_tanh"} <= set(FOLDABLE)
+    assert "lstm_dropout" not in FOLDABLE  # its input mask is per sequence, not per row
+
+
+@pytest.mark.parametrize("name", FOLDABLE)
+@pytest.mark.parametrize("options", ["plain", "resets_lengths_truncate", "reverse"])
+def test_folded_equals_unroll_of_the_embedded_ids(name, options):
+    cell = CELLS[name]
+    params, table, ids, carry = _problem(cell)
+    kwargs = {
+        "plain": {},
+        "resets_lengths_truncate": dict(
+            resets=jnp.zeros((T, B), bool).at[2, 0].set(True).at[4, 1].set(True),
+            lengths=jnp.array([T, 4]),
+            truncate=2,
+        ),
+        "reverse": dict(reverse=True),
+    }[options]
+
+    def folded(p, t, c):
+        return embedded_unroll(cell, p, t, ids, c, fold=True, **kwargs)
+
+    def reference(p, t, c):
+        return unroll(cell, p, jnp.take(t, ids, axis=0), c, **kwargs)
+
+    tree_allclose(
+        _out_and_grads(folded, params, table, carry),
+        _out_and_grads(reference, params, table, carry),
+        **TOL,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Recording(LSTMCell):
+    """An LSTM cell that notes the leading shape of every input it projects (at trace time)."""
+
+    seen: list = dataclasses.field(default_factory=list, compare=False, hash=False)
+
+    def project(self, params, xs):
+        self.seen.append(xs.shape[:-1])
+        return super().project(params, xs)
+
+
+@pytest.mark.parametrize(("vocab", "folded"), [(T * B, True), (T * B + 1, False)])
+def test_the_default_folds_when_the_vocabulary_is_at_most_the_tokens(vocab, folded):
+    cell = _Recording(3, 4)
+    table = jnp.ones((vocab, 3), jnp.float32)
+    embedded_unroll(cell, cell.init(jax.random.key(0)), table, jnp.zeros((T, B), jnp.int32))
+    assert ((vocab,) in cell.seen) == folded
+    assert all(shape == (vocab,) for shape in cell.seen) == folded
+
+
+def test_time_axis_and_ids_out_of_range_behave_as_embedding_then_unroll():
+    cell, embed = LSTMCell(3, 4), Embedding(V, 3)
+    params, table = cell.init(jax.random.key(0)), embed.init(jax.random.key(1)).table
+    ids = jnp.array([[0, -1, 4], [V, -V - 1, 2]])  # [B, T]: -1 is the last row; V, -V-1 NaN
+    _, ys = embedded_unroll(cell, params, table, ids, time_axis=1, fold=True)
+    _, expected = unroll(cell, params, embed(EmbeddingParams(table), ids), time_axis=1)
+    np.testing.assert_allclose(ys, expected, rtol=1e-5, atol=1e-6)  # float32 sums reordered
+    assert np.isnan(ys[1, 0]).all() and not np.isnan(ys[0]).any()
+
+
+def test_a_cell_that_cannot_fold_runs_unfolded_and_refuses_fold_true():
+    cell = VariationalDropoutCell(LSTMCell(3, 4), input_rate=0.5)
+    params = cell.init(jax.random.key(0))
+    table = jax.random.normal(jax.random.key(1), (V, 3), jnp.float32)
+    ids = jnp.zeros((T, B), jnp.int32)
+    _, ys = embedded_unroll(cell, params, table, ids)
+    _, expected = unroll(cell, params, table[ids])
+    np.testing.assert_array_equal(ys, expected)
+    with pytest.raises(ValueError, match="fold=True needs a cell whose project is affine"):
+        embedded_unroll(cell, params, table, ids, fold=True)
+
+
+def test_bad_ids_and_table_are_refused():
+    cell = LSTMCell(3, 4)
+    params = cell.init(jax.random.key(0))
+    with pytest.raises(TypeError, match="ids must be integers; got dtype float32"):
+        embedded_unroll(cell, params, jnp.ones((V, 3), jnp.float32), jnp.zeros((T, B), jnp.float32))
+    with pytest.raises(ValueError, match=r"table must be \[V, I\] with I = 3.*\(5, 2\)"):
+        embedded_unroll(cell, params, jnp.ones((V, 2), jnp.float32), jnp.zeros((T, B), jnp.int32))
