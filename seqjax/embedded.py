@@ -20,8 +20,9 @@ from seqjax import _backward
 from seqjax._types import Array, Cell, PyTree
 from seqjax.unroll import unroll
 
-# Delegated to the wrapped cell when it has them, with its own params.
-_WITH_PARAMS = ("recur", "update", "recur_weight")
+# Delegated to the wrapped cell when it has them, with its own params: the structured
+# derivative's split (seqjax/_backward.py) and quasi-DEER's Jacobian diagonal.
+_WITH_PARAMS = ("recur", "update", "recur_weight", "jacobian_diagonal")
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ class _Lookup:
 
     def project(self, params, ids: Array) -> Array:
         # "clip" keeps the lookup a plain gather: the default ("fill") adds a bounds select
-        # that XLA:CPU fused into the step's elementwise work, 4x slower in the char-LM.
-        # Ids are in range here: embedded_unroll maps bad ones to the NaN row.
+        # that XLA:CPU fused into one of the step's elementwise kernels, which made the
+        # folded char-LM 7% slower than the unfolded one. Ids are in range here:
+        # embedded_unroll maps bad ones to the NaN row.
         return jnp.take(params[0], ids[..., 0].astype(jnp.int32), axis=0, mode="clip")
 
     def step(self, params, carry, px: Array):

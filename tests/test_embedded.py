@@ -17,9 +17,9 @@ from seqjax import (
     embedded_unroll,
     unroll,
 )
-from seqjax.embedded import can_fold
+from seqjax.embedded import _Lookup, can_fold
 from tests.conftest import random_like, tree_allclose
-from tests.registry import CELLS
+from tests.registry import CELLS, H
 
 T, B, V = 6, 2, 5  # V <= T * B: the default folds
 TOL = dict(rtol=1e-10, atol=1e-12)  # float64, the same sums in another order
@@ -53,7 +53,7 @@ def test_the_shipped_gated_cells_fold():
 
 
 @pytest.mark.parametrize("name", FOLDABLE)
-@pytest.mark.parametrize("options", ["plain", "resets_lengths_truncate", "reverse"])
+@pytest.mark.parametrize("options", ["plain", "resets_lengths_truncate", "reverse", "quasi_deer"])
 def test_folded_equals_unroll_of_the_embedded_ids(name, options):
     cell = CELLS[name]
     params, table, ids, carry = _problem(cell)
@@ -65,6 +65,7 @@ def test_folded_equals_unroll_of_the_embedded_ids(name, options):
             truncate=2,
         ),
         "reverse": dict(reverse=True),
+        "quasi_deer": dict(method="quasi_deer"),  # reads the cell's jacobian_diagonal
     }[options]
 
     def folded(p, t, c):
@@ -129,3 +130,22 @@ def test_bad_ids_and_table_are_refused():
         embedded_unroll(cell, params, jnp.ones((V, 3), jnp.float32), jnp.zeros((T, B), jnp.float32))
     with pytest.raises(ValueError, match=r"table must be \[V, I\] with I = 3.*\(5, 2\)"):
         embedded_unroll(cell, params, jnp.ones((V, 2), jnp.float32), jnp.zeros((T, B), jnp.int32))
+
+
+@pytest.mark.parametrize("name", ["lstm", "min_gru"])
+def test_the_lookup_cell_offers_what_the_wrapped_cell_offers(name):
+    """The structured derivative and quasi-DEER look for these methods on the cell."""
+    cell = CELLS[name]
+    wrapped = _Lookup(cell)
+    for method in ("recur", "update", "recur_weight", "jacobian_diagonal"):
+        assert hasattr(wrapped, method) == hasattr(cell, method), method
+    assert not hasattr(wrapped, "project_weight")  # its projection is a lookup
+    if hasattr(cell, "jacobian_diagonal"):
+        params, _, _, carry = _problem(cell)
+        px = jnp.ones((B, 4 * H), jnp.float64)
+        tree_allclose(
+            wrapped.jacobian_diagonal(((), params), carry, px),
+            cell.jacobian_diagonal(params, carry, px),
+            rtol=0,
+            atol=0,
+        )
