@@ -138,10 +138,10 @@ class CharLM:
         carry = self.init_carry(ids.shape[1:]) if carry is None else tuple(carry)
         table = params.embed.table
         bottom, ys = embedded_unroll(first, params.rnn[0], table, ids, carry[0], resets=resets)
+        upper = ()
         if rest:
             upper, ys = Stack(tuple(rest))(params.rnn[1:], ys, carry[1:], resets=resets)
-            return (bottom, *upper), self.head(params.head, ys)
-        return (bottom,), self.head(params.head, ys)
+        return (bottom, *upper), self.head(params.head, ys)
 
     def step(self, params, carry, token) -> tuple[tuple, Array]:
         """One token ``[*B]`` in, ``(carry, logits [*B, 256])`` out."""

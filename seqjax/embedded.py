@@ -93,7 +93,8 @@ def embedded_unroll(
     Args:
         cell, params, carry: as for :func:`seqjax.unroll`.
         table: the embedding ``[V, I]`` (e.g. ``Embedding``'s ``params.table``).
-        ids: token ids ``[T, *B]`` (time on ``time_axis``), integers. As in
+        ids: token ids ``[T, *B]`` (time on ``time_axis``, an axis of ``ids``: -1 is its
+            last), integers. As in
             :class:`seqjax.Embedding`, negative ids count from the end and ids outside
             ``[-V, V)`` give NaN inputs.
         fold: look up ``cell.project(params, table)`` per step (True), or embed and unroll
@@ -109,8 +110,8 @@ def embedded_unroll(
 
     Raises:
         TypeError: ``ids`` are not integers.
-        ValueError: ``table`` is not ``[V, cell.input_size]``, or ``fold=True`` for a cell
-            that does not name ``project_weight``.
+        ValueError: ``table`` is not ``[V, cell.input_size]``, ``time_axis`` is not an axis
+            of ``ids``, or ``fold=True`` for a cell that does not name ``project_weight``.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -133,6 +134,12 @@ def embedded_unroll(
             f"embedded_unroll: table must be [V, I] with I = {cell.input_size} (the cell's "
             f"input_size); got shape {table.shape}"
         )
+    if ids.ndim < 1 or not -ids.ndim <= time_axis < ids.ndim:
+        raise ValueError(
+            f"embedded_unroll: time_axis must name an axis of ids (shape {ids.shape}); got "
+            f"time_axis={time_axis}"
+        )
+    time_axis %= ids.ndim  # an axis of ids; xs gain a feature axis after it
     vocab = table.shape[0]
     if fold is None:
         fold = can_fold(cell, vocab) and vocab <= ids.size
@@ -151,5 +158,4 @@ def embedded_unroll(
     ids = jnp.where(ids < 0, ids + vocab, ids)
     ids = jnp.where((ids >= 0) & (ids < vocab), ids, vocab)
     xs = ids.astype(jnp.float32)[..., None]
-    time_axis = time_axis % ids.ndim if ids.ndim else time_axis
     return unroll(_Lookup(cell), (projected, params), xs, carry, time_axis=time_axis, **options)

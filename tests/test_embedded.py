@@ -101,11 +101,13 @@ def test_the_default_folds_when_the_vocabulary_is_at_most_the_tokens(vocab, fold
     assert all(shape == (vocab,) for shape in cell.seen) == folded
 
 
-def test_time_axis_and_ids_out_of_range_behave_as_embedding_then_unroll():
+@pytest.mark.parametrize("fold", [True, False])
+@pytest.mark.parametrize("time_axis", [1, -1])  # an axis of ids: -1 is T in [B, T]
+def test_time_axis_and_ids_out_of_range_behave_as_embedding_then_unroll(fold, time_axis):
     cell, embed = LSTMCell(3, 4), Embedding(V, 3)
     params, table = cell.init(jax.random.key(0)), embed.init(jax.random.key(1)).table
     ids = jnp.array([[0, -1, 4], [V, -V - 1, 2]])  # [B, T]: -1 is the last row; V, -V-1 NaN
-    _, ys = embedded_unroll(cell, params, table, ids, time_axis=1, fold=True)
+    _, ys = embedded_unroll(cell, params, table, ids, time_axis=time_axis, fold=fold)
     _, expected = unroll(cell, params, embed(EmbeddingParams(table), ids), time_axis=1)
     np.testing.assert_allclose(ys, expected, rtol=1e-5, atol=1e-6)  # float32 sums reordered
     assert np.isnan(ys[1, 0]).all() and not np.isnan(ys[0]).any()
@@ -128,6 +130,10 @@ def test_bad_ids_and_table_are_refused():
     params = cell.init(jax.random.key(0))
     with pytest.raises(TypeError, match="ids must be integers; got dtype float32"):
         embedded_unroll(cell, params, jnp.ones((V, 3), jnp.float32), jnp.zeros((T, B), jnp.float32))
+    with pytest.raises(ValueError, match=r"time_axis must name an axis of ids.*time_axis=-3"):
+        embedded_unroll(
+            cell, params, jnp.ones((V, 3), jnp.float32), jnp.zeros((T, B), jnp.int32), time_axis=-3
+        )
     with pytest.raises(ValueError, match=r"table must be \[V, I\] with I = 3.*\(5, 2\)"):
         embedded_unroll(cell, params, jnp.ones((V, 2), jnp.float32), jnp.zeros((T, B), jnp.int32))
 
