@@ -13,9 +13,13 @@ the machine's large-matmul rate each reaches.
   in the same run (``matmul_gflops`` in every row).
 * JAX contenders are timed interleaved by ``_harness.measure_group``; PyTorch is timed with
   the same warm-up and repeat counts (median of rounds of ``number`` calls),
-  ``torch.set_num_threads`` = usable cores, every configuration before any JAX work; on CPU
-  in a process of its own (``torch_process`` in its rows): after JAX work, threads XLA:CPU
-  leaves spinning slowed it, in this process and in one started from it.
+  ``torch.set_num_threads`` = usable cores, in three bursts per configuration: all
+  configurations before any JAX work, then just before and just after that configuration's
+  JAX group. On CPU each burst is a process of its own, started after 2 s without JAX work:
+  threads XLA:CPU leaves spinning slowed PyTorch, in this process and in one started right
+  after. PyTorch's time is its fastest burst (``torch_burst_medians_ms`` keeps all three):
+  on this shared 2-core machine it moved up to 2x between runs, and seqjax is held to its
+  best.
 * Read ``ratio_vs_torch`` and ``ratio_vs_flax`` (seqjax median / peer median; < 1: seqjax
   faster) per row, and ``custom/autodiff``.
 
@@ -71,6 +75,7 @@ FULL_CONFIGS = [(32, 128, 64, 256), (8, 1024, 64, 128), (1, 1024, 32, 64), (128,
 QUICK_CONFIGS = [(2, 5, 3, 4)]
 CELLS = ("lstm", "gru")
 DTYPE = jnp.float32
+TORCH_SETTLE_S = 2.0  # idle seconds before a PyTorch process starts, for XLA's threads to stop
 MAX_REL_DIFF = 1e-3  # float32 summation order differs between libraries and devices
 
 
@@ -239,13 +244,13 @@ def flax_split_fn(name: str, hid: int, mesh, count: int):
     )
 
 
-def torch_times(jobs: list[tuple], args) -> dict:
+def torch_times(jobs: list[tuple], args, when: str) -> dict:
     """``{(cell, B, T, I, H): row}``: median ms of one forward+backward of ``nn.LSTM`` /
-    ``nn.GRU`` per job; empty without torch.
+    ``nn.GRU`` per job; empty without torch. ``when`` names this burst in the rows.
 
-    On CPU, PyTorch runs in a process of its own, before this one runs any JAX: after JAX
-    work, threads XLA:CPU leaves spinning took cores from oneDNN's for seconds (LSTM
-    B32/T128 72-102 ms in a process started right after a JAX group, 38-45 ms alone).
+    On CPU, PyTorch runs in a process of its own, after ``TORCH_SETTLE_S`` without JAX work:
+    threads XLA:CPU leaves spinning took cores from oneDNN's (LSTM B32/T128 72-102 ms in a
+    process started right after a JAX group, 38-45 ms alone).
     """
     if importlib.util.find_spec("torch") is None:
         return {}
@@ -254,7 +259,8 @@ def torch_times(jobs: list[tuple], args) -> dict:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        return {job: _torch_time(device, *job, *timing) for job in jobs}
+        return {job: {**_torch_time(device, *job, *timing), "torch_burst": when} for job in jobs}
+    time.sleep(TORCH_SETTLE_S)
     work = [["cpu", *job, *timing] for job in jobs]
     done = subprocess.run(
         [sys.executable, __file__, TORCH_WORKER, json.dumps(work)],
@@ -262,7 +268,17 @@ def torch_times(jobs: list[tuple], args) -> dict:
     )  # fmt: skip
     rows = json.loads(done.stdout.splitlines()[-1])
     pairs = zip(jobs, rows, strict=True)
-    return {job: {**row, "torch_process": "separate, before JAX"} for job, row in pairs}
+    return {job: {**row, "torch_process": "separate", "torch_burst": when} for job, row in pairs}
+
+
+def fastest_burst(bursts: list[dict]) -> dict | None:
+    """The burst with the lowest median, recording every burst's: on a shared machine
+    PyTorch's time moved up to 2x between runs, so seqjax is held to PyTorch's best."""
+    bursts = [b for b in bursts if b is not None]
+    if not bursts:
+        return None
+    best = min(bursts, key=lambda b: b["median_ms"])
+    return {**best, "torch_burst_medians_ms": {b["torch_burst"]: b["median_ms"] for b in bursts}}
 
 
 def _torch_time(device, name, b, t, i, hid, warmup, repeats, min_sample_ms) -> dict:
@@ -305,7 +321,8 @@ def _torch_time(device, name, b, t, i, hid, warmup, repeats, min_sample_ms) -> d
 def run(args) -> h.Recorder:
     rec = h.Recorder(SCRIPT, args)
     configs = QUICK_CONFIGS if args.quick else FULL_CONFIGS
-    peers = torch_times([(n, *c) for c in configs for n in CELLS], args)
+    jobs = [(n, *c) for c in configs for n in CELLS]
+    first = torch_times(jobs, args, "before any JAX")
     rate = matmul_gflops(args)
     print(f"large matmul: {rate:.1f} GFLOP/s")
     timing = dict(repeats=args.repeats, warmup=args.warmup, min_sample_s=args.min_sample_ms / 1e3)
@@ -360,8 +377,11 @@ def run(args) -> h.Recorder:
                             {"library": "seqjax", "backward": backward, "devices": n_dev},
                         )
                     )
+            job = (name, b, t, i, hid)
+            before = torch_times([job], args, "before the group").get(job)
             outputs: list = []
             rows = h.measure_group(group, **timing, outputs=outputs)
+            after = torch_times([job], args, "after the group").get(job)
             reference = jax.tree.leaves(outputs[0])  # seqjax autodiff
             for row, out in zip(rows, outputs, strict=True):
                 # Flax's parameter gradients are a dict in its own layout: compare the loss
@@ -383,7 +403,7 @@ def run(args) -> h.Recorder:
                         f"{row['max_rel_diff_vs_autodiff']:.1e} relative (> {MAX_REL_DIFF}): "
                         "it does not compute the same function, so its time is not comparable"
                     )
-            peer = peers.get((name, b, t, i, hid))
+            peer = fastest_burst([first.get(job), before, after])
             if peer is not None:
                 rows.append(peer)
                 print(f"  torch ({peer['torch_device']:<4})             median "
@@ -433,6 +453,11 @@ def summarize(rows: Sequence[dict]) -> str:
                 "custom": cust["median_ms"],
                 "flax": fx["median_ms"],
                 "torch": pt["median_ms"] if pt else None,
+                "torch bursts": (
+                    " / ".join(f"{v:.1f}" for v in pt["torch_burst_medians_ms"].values())
+                    if pt and "torch_burst_medians_ms" in pt
+                    else None
+                ),
                 "custom/autodiff": cust["median_ms"] / auto["median_ms"],
                 "best/flax": best["median_ms"] / fx["median_ms"],
                 "best/torch": best["median_ms"] / pt["median_ms"] if pt else None,
@@ -527,8 +552,9 @@ def summarize(rows: Sequence[dict]) -> str:
         "forward+backward / time / the large-matmul rate. "
         + (
             "seqjax and Flax run on one XLA:CPU device, which threads each step's matmul but "
-            "runs the rest of the step on one thread; PyTorch uses every core, in a process "
-            "of its own."
+            "runs the rest of the step on one thread; PyTorch uses every core, in processes "
+            "of its own, and its time is its fastest burst (`torch bursts`: before any JAX / "
+            "before the group / after it)."
             if jax.default_backend() == "cpu"
             else f"Backend: {jax.default_backend()}; PyTorch on the same device."
         ),
