@@ -45,6 +45,7 @@ from seqjax.cells import (
 from seqjax.cells._esn import EchoStateCell, EchoStateParams
 from seqjax.embedded import embedded_unroll
 from seqjax.generate import Beams, Decoded, beam_search, decode, pick_token, sample
+from seqjax.host import keep_freed_memory
 from seqjax.layers import (
     Bidirectional,
     BidirectionalCarry,
@@ -150,6 +151,7 @@ __all__ = [
     "decode",
     "default_optimizer",
     "embedded_unroll",
+    "keep_freed_memory",
     "last_valid",
     "mean_squared_error",
     "mean_valid",
