@@ -43,11 +43,13 @@ CHILD = textwrap.dedent(
     grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     for _ in range(2):
         jax.block_until_ready(grad(params, xs))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(4):
+    faults = []
+    for _ in range(8):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         jax.block_until_ready(grad(params, xs))
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 4
-    print(json.dumps({"applied": applied, "faults": faults}))
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    # The median call: with memory kept, an occasional call still grows the heap.
+    print(json.dumps({"applied": applied, "faults": sorted(faults)[len(faults) // 2]}))
     """
 )
 
