@@ -11,8 +11,9 @@ has 48 MiB of temporaries, ~12,400 faults and ~23 ms of kernel time per call of 
 and the next call reuses them. Measured with ``python benchmarks/allocator.py`` on a 2-core
 CPU (fresh processes, interleaved), LSTM forward+backward on one device: B32/T128/H256
 58 -> 45 ms, B8/T1024/H128 51 -> 39 ms, B128/T64/H512 250 -> 211 ms. PyTorch's CPU
-``nn.LSTM`` page-faults its workspace the same way and gains as much from the same setting
-(environment variable below), so compare libraries with both set or neither.
+``nn.LSTM`` page-faults its workspace the same way and gains more from the same setting
+(0.62-0.70x its time; environment variable below), so compare libraries with both set or
+neither.
 
 The cost: memory the process has freed is not returned to the system until it exits (peak
 resident memory stays resident), and every thread allocates from one arena. The same
