@@ -99,7 +99,7 @@ def seqjax_worker(configs, calls: int, devices: int = 1) -> list[dict]:
             continue
         else:
             mesh = sharding.batch_mesh()
-            fn = seqjax_split_fn(cell, "custom", mesh, t * b * hid)
+            fn = seqjax_split_fn(cell, "auto", mesh, t * b * hid)  # as on one device
             params, xs = sharding.replicate(params, mesh), sharding.shard_batch(xs, mesh)
         grad = jax.jit(fn).lower(params, xs).compile()
         row = _timed(lambda g=grad, p=params, x=xs: jax.block_until_ready(g(p, x)), calls)
