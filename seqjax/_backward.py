@@ -152,6 +152,10 @@ def structured_unroll(
 
         def body(c, slices):
             t, x, reset = slices
+            if truncate is not None:
+                # Identity here; the cut of this derivative is in run_jvp, but a derivative
+                # of run_jvp's own (forward-over-reverse) differentiates these residuals.
+                c = jax.tree.map(lambda a: jnp.where(border(t), jax.lax.stop_gradient(a), a), c)
             if reset is not None:
                 c = _select(reset, fresh, c)
             px = x if hoist else cell.project(params, x)
