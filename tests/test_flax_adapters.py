@@ -159,7 +159,7 @@ def test_nnx_adapter_split_merge_load_and_errors(key):
         rnn.load_params(new._replace(w_h=jnp.zeros((H, H), jnp.float32)))
     with pytest.raises(ValueError, match="pass rngs"):
         flax_nnx.Recurrent(cell)
-    with pytest.raises(TypeError, match="RecurrentCell: cell must be a seqjax cell"):
+    with pytest.raises(TypeError, match="RecurrentCell: cell must be a seqjax cell or a Stack"):
         flax_nnx.RecurrentCell(Bidirectional(cell, cell), rngs=nnx.Rngs(0))
 
 
@@ -357,6 +357,27 @@ def test_linen_recurrent_cell_inside_nn_rnn(key):
     tree_allclose(carry, want_carry, **TOL)
     valid = np.arange(T)[None, :] < np.asarray(lengths)[:, None]
     np.testing.assert_allclose(np.asarray(ys)[valid], np.asarray(want_ys)[valid], **TOL)
+
+
+def test_recurrent_cells_step_a_stack_of_cells(key):
+    """A Stack of cells steps like a cell: linen's and NNX's RecurrentCell take it, and
+    running it under nn.RNN / nnx.RNN equals the Stack over the sequence."""
+    stack = Stack.build(LSTMCell, input_size=I, hidden_sizes=(H, 3))
+    params = stack.init(key)
+    xs = _xs(shape=(B, T, I))
+    _, want = stack(params, xs, time_axis=1)
+    nnx_rnn = nnx.RNN(flax_nnx.RecurrentCell(stack, params=params))
+    tree_allclose(nnx_rnn(xs), want, **TOL)
+    rnn = nn.RNN(flax_linen.RecurrentCell(stack))
+    variables = rnn.init(key, xs)
+    linen_params = flax_linen.unwrap_params(stack, variables["params"]["cell"])
+    _, want_linen = stack(linen_params, xs, time_axis=1)
+    tree_allclose(rnn.apply(variables, xs), want_linen, **TOL)
+    two_way = Stack.build(LSTMCell, input_size=I, hidden_sizes=(H,), bidirectional=True)
+    with pytest.raises(TypeError, match="a seqjax cell or a Stack of cells; got a Stack"):
+        flax_nnx.RecurrentCell(two_way, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="a seqjax cell or a Stack of cells; got a Stack"):
+        nn.RNN(flax_linen.RecurrentCell(two_way)).init(key, xs)
 
 
 # --------------------------------------------------------------------------- Flax's own cells

@@ -27,6 +27,19 @@ def is_cell(layer) -> bool:
     return not callable(layer)
 
 
+def steps(layer) -> bool:
+    """Whether ``layer`` advances one step at a time: a cell, or a Stack of cells (a
+    Bidirectional layer, or a Stack holding one, needs the whole sequence)."""
+    if is_cell(layer):
+        return True
+    layers = getattr(layer, "layers", None)
+    return (
+        callable(getattr(layer, "apply", None))
+        and isinstance(layers, tuple)
+        and all(hasattr(sub, "step") for sub in layers)
+    )
+
+
 def has_noise(layer) -> bool:
     """Whether ``layer`` holds a regulariser that draws randomness (as ``with_noise`` walks)."""
     if hasattr(layer, "with_noise"):

@@ -69,7 +69,8 @@ _GRU_GATES = ("r", "z", "n")
 
 
 def _inner(variables: Mapping[str, Any]) -> Mapping[str, Any]:
-    return variables["params"] if "params" in variables else variables
+    """The params dict, boxed values (``nn.with_partitioning``'s ``Partitioned``) unboxed."""
+    return nn.meta.unbox(variables["params"] if "params" in variables else variables)
 
 
 def _kernel(tree, name: str, shape: tuple[int, int]) -> jax.Array:
@@ -259,7 +260,7 @@ def wrap_params(layer, params: PyTree) -> dict[str, Any]:
 
 def unwrap_params(layer, tree: Mapping[str, Any]) -> PyTree:
     """Inverse of :func:`wrap_params`: an adapter's parameter dict (boxed or not) to ``params``."""
-    return common.from_nested_dict(layer, nn.meta.unbox(_inner(tree))["cell"], "unwrap_params")
+    return common.from_nested_dict(layer, _inner(tree)["cell"], "unwrap_params")
 
 
 def _deterministic(layer, params: PyTree) -> PyTree:
@@ -313,7 +314,8 @@ class Recurrent(nn.Module):
         truncate: truncated-BPTT window, as :func:`seqjax.unroll`.
         unroll: ``lax.scan``'s unroll factor.
         deterministic: run regularisers (variational dropout, zoneout) deterministically;
-            the call's ``deterministic`` overrides it, as for ``nn.Dropout``. Otherwise
+            set it here or in the call, not in both (``nn.merge_param``, as ``nn.Dropout``:
+            both raise a ValueError). Otherwise
             their noise is drawn with :func:`seqjax.with_noise` from the ``"dropout"`` rng
             stream, once per call: one mask per sequence, the same at every step.
 
@@ -424,9 +426,9 @@ class RecurrentCell(nn.RNNCellBase):
     sharding: Any = None
 
     def setup(self):
-        if not common.is_cell(self.cell):
+        if not common.steps(self.cell):
             raise TypeError(
-                f"RecurrentCell: cell must be a seqjax cell (with step/apply); got a "
+                f"RecurrentCell: cell must be a seqjax cell or a Stack of cells; got a "
                 f"{type(self.cell).__name__}, which runs only over whole sequences (use "
                 "Recurrent)"
             )

@@ -278,9 +278,9 @@ class RecurrentCell(_Adapter, nnx.RNNCellBase):
         sharding: PyTree | None = None,
         mesh: jax.sharding.Mesh | None = None,
     ):
-        if not common.is_cell(cell):
+        if not common.steps(cell):
             raise TypeError(
-                f"RecurrentCell: cell must be a seqjax cell (with step/apply); got a "
+                f"RecurrentCell: cell must be a seqjax cell or a Stack of cells; got a "
                 f"{type(cell).__name__}, which runs only over whole sequences (use Recurrent)"
             )
         super().__init__(cell, params, rngs, param_dtype, sharding, mesh, "RecurrentCell")
