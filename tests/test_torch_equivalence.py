@@ -340,6 +340,22 @@ def test_dtype_errors():
         cell_params_from_torch(ElmanCell(3, 4), weight_ih, weight_hh, np.zeros(4, np.float64))
 
 
+def test_bfloat16_goes_both_ways_bit_for_bit(torch):
+    """NumPy has no bfloat16 of its own: torch tensors come in through float32 (exact)."""
+    params = random_params(LSTM_2_BI, 0)
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    state_dict = params_to_torch(LSTM_2_BI, params)
+    assert_bit_equal(params_from_torch(LSTM_2_BI, state_dict), params)
+    tensors = {k: torch.from_numpy(v.astype(np.float32)).bfloat16() for k, v in state_dict.items()}
+    assert_bit_equal(params_from_torch(LSTM_2_BI, tensors), params)
+
+
+def test_a_module_in_place_of_its_state_dict_is_refused(torch):
+    module = torch.nn.LSTM(3, 2)
+    with pytest.raises(TypeError, match=r"state_dict must be a mapping .*module.state_dict"):
+        params_from_torch(LSTMCell(3, 2), module)
+
+
 def test_models_without_torch_counterpart():
     weights = np.zeros((6, 3), np.float32), np.zeros((6, 2), np.float32)
     reset_before = GRUCell(3, 2, reset_after=False)

@@ -33,6 +33,7 @@ A PyTorch module built with ``bias=False`` has no bias keys; they import as zero
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -150,8 +151,15 @@ def _suffix(layer: int, direction: int) -> str:
 
 
 def _from_tensor(value):
-    """A torch tensor as a NumPy array (read without importing torch); anything else as is."""
-    return np.asarray(value.detach().cpu()) if hasattr(value, "detach") else value
+    """A torch tensor as a NumPy array (read without importing torch); anything else as is.
+    NumPy has no bfloat16 of its own: such a tensor goes through float32 (exact) to
+    ``ml_dtypes``' bfloat16, JAX's."""
+    if not hasattr(value, "detach"):
+        return value
+    value = value.detach().cpu()
+    if str(value.dtype) == "torch.bfloat16":
+        return np.asarray(value.float()).astype(jnp.bfloat16)
+    return np.asarray(value)
 
 
 def _shapes(cell, mode: str) -> dict[str, tuple[int, ...]]:
@@ -210,7 +218,7 @@ def _cell_from_torch(cell, arrays: dict[str, Any], suffix: str, where: str) -> P
                 f"{where}: {key}{suffix} must have shape {torch_shapes[key]} ({letters[key]}, "
                 f"G = {gate_width}, for {_describe(cell)}); got shape {array.shape}"
             )
-        if not np.issubdtype(array.dtype, np.floating):
+        if not jnp.issubdtype(array.dtype, jnp.floating):  # bfloat16 included
             raise TypeError(f"{where}: {key}{suffix} must be floating; got dtype {array.dtype}")
         if array.dtype != dtype:
             raise TypeError(
@@ -386,6 +394,12 @@ def params_from_torch(model, state_dict: dict[str, Any]) -> PyTree:
         (2, (2, 2), [0.0, 0.0])
     """
     where = "params_from_torch"
+    if not isinstance(state_dict, Mapping):
+        hint = " (pass module.state_dict())" if hasattr(state_dict, "state_dict") else ""
+        raise TypeError(
+            f"{where}: state_dict must be a mapping of names to arrays{hint}; "
+            f"got {type(state_dict).__name__}"
+        )
     layout = _layout(model, where)
     expected = [
         key + _suffix(layer, direction)
@@ -427,6 +441,8 @@ def params_to_torch(model, params: PyTree) -> dict[str, np.ndarray]:
         ``{"weight_ih_l0": ..., ...}``, NumPy arrays of the params' dtype, for a module
         with ``bias=True``: ``module.load_state_dict({k: torch.from_numpy(v) for k, v in
         state_dict.items()})``. :func:`params_from_torch` gives back bit-identical params.
+        bfloat16 arrays (``ml_dtypes``) are not read by ``torch.from_numpy``:
+        ``torch.from_numpy(v.astype(np.float32)).bfloat16()`` is exact.
 
     Raises:
         TypeError: the model is unsupported or params do not have its structure.
