@@ -72,7 +72,7 @@ def nnx_peer(cell, params, xs, mode: str) -> Contender:
     elif isinstance(cell, GRUCell):
         flax_cell = nnx.GRUCell(size_i, size_h, rngs=rngs)
     else:
-        flax_cell = nnx.SimpleCell(size_i, size_h, rngs=rngs)
+        flax_cell = nnx.SimpleCell(size_i, size_h, activation_fn=cell.activation, rngs=rngs)
     model = nnx.RNN(flax_cell, time_major=True)
     graphdef, state, rest = nnx.split(model, nnx.Param, ...)
     treedef = jax.tree.structure(state)

@@ -193,7 +193,10 @@ def _linen_peer(cell, params, xs, mode: str, *, optimized: bool) -> Contender:
     if isinstance(cell, LSTMCell):
         flax_cell = nn.OptimizedLSTMCell(hidden) if optimized else nn.LSTMCell(hidden)
     elif optimized:
-        flax_cell = nn.GRUCell(hidden) if isinstance(cell, GRUCell) else nn.SimpleCell(hidden)
+        if isinstance(cell, GRUCell):
+            flax_cell = nn.GRUCell(hidden)
+        else:
+            flax_cell = nn.SimpleCell(hidden, activation_fn=cell.activation)
     else:
         raise PeerUnavailable("nn.LSTMCell only: the plain and optimised GRU/Simple are one")
     model = nn.RNN(flax_cell, time_major=True)
@@ -236,7 +239,12 @@ def torch_peer(cell, params, xs, mode: str) -> Contender:
     cuda = torch.cuda.is_available() and jax.default_backend() == "gpu"
     device = torch.device("cuda" if cuda else "cpu")
     module_type = {LSTMCell: torch.nn.LSTM, GRUCell: torch.nn.GRU, ElmanCell: torch.nn.RNN}
-    module = module_type[type(cell)](cell.input_size, cell.hidden_size).to(device)
+    options = {}
+    if isinstance(cell, ElmanCell):
+        if cell.activation not in (jnp.tanh, jax.nn.relu):
+            raise PeerUnavailable("nn.RNN has only tanh and relu")
+        options["nonlinearity"] = "relu" if cell.activation is jax.nn.relu else "tanh"
+    module = module_type[type(cell)](cell.input_size, cell.hidden_size, **options).to(device)
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     gates = {LSTMCell: 4, GRUCell: 3, ElmanCell: 1}[type(cell)]
 

@@ -65,8 +65,13 @@ def _nonzero_biases(cell, params):
 
 @pytest.mark.parametrize(
     ("cell", "mode"),
-    [(LSTMCell(3, 4), "fwd+bwd"), (GRUCell(3, 4), "fwd+bwd"), (ElmanCell(3, 4), "fwd")],
-    ids=["lstm", "gru", "elman"],
+    [
+        (LSTMCell(3, 4), "fwd+bwd"),
+        (GRUCell(3, 4), "fwd+bwd"),
+        (ElmanCell(3, 4), "fwd"),
+        (ElmanCell(3, 4, activation=jax.nn.relu), "fwd+bwd"),
+    ],
+    ids=["lstm", "gru", "elman", "elman_relu"],
 )
 def test_peers_compute_seqjax_function(cell, mode):
     """Every installed peer matches seqjax to float32 rounding, gradients included."""
@@ -77,7 +82,7 @@ def test_peers_compute_seqjax_function(cell, mode):
     xs = jax.random.normal(jax.random.key(1), (4, 2, 3), jnp.float32)
     contenders = []
     with jax.numpy_dtype_promotion("standard"):
-        for name in ("seqjax", "flax.nnx", "equinox", "haiku"):
+        for name in ("seqjax", "flax.linen", "flax.nnx", "equinox", "haiku", "torch"):
             try:
                 contenders.append(_peers.PEERS[name](cell, params, xs, mode))
             except bench.PeerUnavailable:
