@@ -36,6 +36,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from seqjax._truncate import stop_at_border, where_border, window_border
 from seqjax._types import Cell
 
 
@@ -137,10 +138,8 @@ def structured_unroll(
     by_recur = transposed_weights and names_weight(cell, "recur")
     needs_time = lengths is not None or truncate is not None
 
-    def border(t):
-        # The carry entering step t crosses a window border and is cut there (see unroll).
-        entering = t + 1 if reverse else t
-        return (entering % truncate == 0) & (entering > 0) & (entering < num_steps)
+    def border(t, lengths):  # the carry entering step t is cut there (seqjax/_truncate.py)
+        return window_border(t, truncate, reverse, num_steps, lengths)
 
     def steps_for(lengths):
         step_dtype = jnp.int32 if lengths is None else lengths.dtype
@@ -155,7 +154,7 @@ def structured_unroll(
             if truncate is not None:
                 # Identity here; the cut of this derivative is in run_jvp, but a derivative
                 # of run_jvp's own (forward-over-reverse) differentiates these residuals.
-                c = jax.tree.map(lambda a: jnp.where(border(t), jax.lax.stop_gradient(a), a), c)
+                c = stop_at_border(border(t, lengths), c)
             if reset is not None:
                 c = _select(reset, fresh, c)
             px = x if hoist else cell.project(params, x)
@@ -232,7 +231,7 @@ def structured_unroll(
         def body(dc, slices):
             t, c, px, r, d_px, d_r_w, reset = slices
             if truncate is not None:
-                dc = jax.tree.map(lambda a: jnp.where(border(t), jnp.zeros_like(a), a), dc)
+                dc = where_border(border(t, lengths), _zeros(dc), dc)
             if reset is not None:
                 dc = _select(reset, _zeros(dc), dc)
             d_r = recur_c(c, dc)

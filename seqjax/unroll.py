@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import _backward, _checks
+from seqjax._truncate import stop_at_border, window_border
 from seqjax._types import Array, Cell, PyTree
 from seqjax.parallel import unroll_parallel
 
@@ -164,7 +165,9 @@ def unroll(
         truncate: truncated-BPTT window ``k``: the forward pass is unchanged, but no
             gradient flows through the carry across the window borders ``t = k, 2k, ...``
             (``lax.stop_gradient``), so each window's gradient reaches back at most to its
-            own start. ``None`` (default) or ``k >= T``: full backpropagation through time.
+            own start. With ``lengths``, only borders inside each sequence cut (a padded
+            sequence's gradients equal its own, unpadded). ``None`` (default) or
+            ``k >= T``: full backpropagation through time.
         time_axis: axis of ``xs`` (and of ``ys``) that is time; ``1`` for batch-major data.
         unroll: ``lax.scan``'s unroll factor (steps per loop iteration); ``None`` (default)
             takes the one measured fastest on the current backend (8 on GPU, else 1).
@@ -286,11 +289,8 @@ def unroll(
         t, x, reset = slices
         params = rebuild(blocks)
         if truncate is not None:
-            # The carry entering step t crosses a window border (t a multiple of k, walking
-            # forwards; t + 1 a multiple of k, walking backwards) and is cut there.
-            entering = t + 1 if reverse else t
-            border = (entering % truncate == 0) & (entering > 0) & (entering < num_steps)
-            carry = jax.tree.map(lambda c: jnp.where(border, jax.lax.stop_gradient(c), c), carry)
+            border = window_border(t, truncate, reverse, num_steps, lengths)
+            carry = stop_at_border(border, carry)
         if reset is not None:
             carry = select(reset, fresh, carry)
         px = x if hoist_projection else cell.project(params, x)

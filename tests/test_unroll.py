@@ -279,6 +279,45 @@ def test_truncate_equals_windows_cut_by_hand(cell, key, k):
     tree_allclose(unroll(cell, params, xs, truncate=k), unroll(cell, params, xs), rtol=0, atol=0)
 
 
+@every_cell
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("backward", ["autodiff", "auto"])
+def test_truncate_with_lengths_equals_each_sequence_unpadded(cell, key, reverse, backward):
+    """Padding changes nothing truncation does: the gradients (params, initial carry) of a
+    padded batch equal the sum over its sequences run alone, unpadded. A border among a
+    sequence's padded steps (4 for length 3) must not cut the carry held through them."""
+    params = cell.init(key)
+    lengths = [3, T, 5]
+    xs, carry = _inputs(cell, (3,)), _random_carry(cell, (3,))
+    y_weights = jax.random.normal(jax.random.key(7), (T, 3, cell.hidden_size), jnp.float32)
+    carry_weights = random_like(carry, jax.random.key(8))
+    options = dict(truncate=2, reverse=reverse, backward=backward)
+
+    def weighted(final, ys, y_w, c_w):
+        carry_term = sum(
+            jnp.sum(a * w)
+            for a, w in zip(jax.tree.leaves(final), jax.tree.leaves(c_w), strict=True)
+        )
+        return jnp.sum(y_w * ys) + carry_term
+
+    def padded(params, carry):
+        final, ys = unroll(cell, params, xs, carry, lengths=jnp.array(lengths), **options)
+        return weighted(final, ys, y_weights, carry_weights)
+
+    def one_by_one(params, carry):
+        total = 0.0
+        for b, n in enumerate(lengths):
+            own = jax.tree.map(lambda a, b=b: a[b], carry)
+            final, ys = unroll(cell, params, xs[:n, b], own, **options)
+            c_w = jax.tree.map(lambda a, b=b: a[b], carry_weights)
+            total = total + weighted(final, ys, y_weights[:n, b], c_w)
+        return total
+
+    got = jax.grad(padded, argnums=(0, 1))(params, carry)
+    want = jax.grad(one_by_one, argnums=(0, 1))(params, carry)
+    tree_allclose(got, want, rtol=1e-4, atol=1e-5)  # float32 sums in another order
+
+
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_truncate_every_step(name, key):
     """k = 1, the edge case: every carry is cut; the gradient sees one step only."""
