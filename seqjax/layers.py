@@ -227,6 +227,12 @@ class Stack:
             lengths=lengths, resets=resets, truncate=truncate, unroll=unroll, remat=remat
         )
         carry = (None,) * len(self.layers) if carry is None else tuple(carry)
+        for name, tree in (("params", params), ("carry", carry)):
+            if len(tree) != len(self.layers):
+                raise ValueError(
+                    f"Stack: {name} must hold one entry per layer, {len(self.layers)}; "
+                    f"got {len(tree)}"
+                )
         carries = []
         for layer, p, c in zip(self.layers, params, carry, strict=True):
             c, ys = _run(layer, p, ys, c, options)

@@ -182,6 +182,8 @@ def unroll_parallel_with_info(
         raise ValueError(f"{where}: adjoint must be one of {ADJOINTS}; got {adjoint!r}")
     if not damping >= 0:
         raise ValueError(f"{where}: damping must be >= 0; got {damping!r}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"{where}: tol must be > 0 (or None for the dtype's default); got {tol!r}")
     if max_iters is not None and (not isinstance(max_iters, int) or max_iters < 0):
         raise ValueError(f"{where}: max_iters must be a non-negative int; got {max_iters!r}")
     if method == "associative" and not hasattr(cell, "coefficients"):

@@ -31,13 +31,14 @@ class StepMetrics(NamedTuple):
     grad_norm: Array  # [] global L2 norm of the gradient before clipping
 
 
-def _masked_mean(values: Array, mask: Array | None, average: bool) -> Array:
+def _masked_mean(values: Array, mask: Array | None, average: bool, where: str) -> Array:
     if mask is None:
         return values.mean() if average else values.sum()
     mask = jnp.asarray(mask)
     if mask.shape != values.shape:
         raise ValueError(
-            f"mask must have the shape of the per-step losses, {values.shape}; got {mask.shape}"
+            f"{where}: mask must have the shape of the per-step losses, {values.shape}; "
+            f"got {mask.shape}"
         )
     total = jnp.where(mask, values, jnp.zeros_like(values)).sum()
     if not average:
@@ -72,7 +73,7 @@ def cross_entropy(
             f"got {targets.shape}"
         )
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return _masked_mean(losses, mask, average)
+    return _masked_mean(losses, mask, average, "cross_entropy")
 
 
 def mean_squared_error(
@@ -96,7 +97,8 @@ def mean_squared_error(
             f"mean_squared_error: targets must have the shape of predictions, "
             f"{predictions.shape}; got {targets.shape}"
         )
-    return _masked_mean(jnp.sum((predictions - targets) ** 2, axis=-1), mask, average)
+    squared = jnp.sum((predictions - targets) ** 2, axis=-1)
+    return _masked_mean(squared, mask, average, "mean_squared_error")
 
 
 def sequence_mask(lengths: Array, num_steps: int, *, time_axis: int = 0) -> Array:
@@ -108,6 +110,8 @@ def sequence_mask(lengths: Array, num_steps: int, *, time_axis: int = 0) -> Arra
         [[1, 0], [1, 0], [0, 0]]
     """
     lengths = jnp.asarray(lengths)
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"sequence_mask: lengths must be integers; got dtype {lengths.dtype}")
     steps = jnp.arange(num_steps, dtype=lengths.dtype).reshape(-1, *([1] * lengths.ndim))
     return jnp.moveaxis(steps < lengths[None], 0, time_axis)
 

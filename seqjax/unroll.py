@@ -11,6 +11,7 @@ import numpy as np
 from seqjax import _backward, _checks
 from seqjax._truncate import stop_at_border, window_border
 from seqjax._types import Array, Cell, PyTree
+from seqjax.parallel import METHODS as PARALLEL_METHODS
 from seqjax.parallel import unroll_parallel
 
 # Where the input projection runs, per backend, from benchmarks/unroll_projection.py.
@@ -124,6 +125,19 @@ def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str)
         carry = cell.init_carry(batch_shape, px_dtype.dtype)
     else:
         _checks.carry_matches(carry, expected, where)
+        # A carry the step would change the dtype of cannot loop (lax.scan's error does not
+        # say which argument); a wider one is kept, and the outputs follow it.
+        got = [jnp.result_type(leaf) for leaf in jax.tree.leaves(carry)]
+        message = (
+            f"{where}: carry leaves must have a dtype one step keeps with these params and "
+            f"xs ({px_dtype.dtype}, as init_carry gives); got {', '.join(map(str, got))}"
+        )
+        try:
+            stepped = jax.eval_shape(cell.step, params, carry, px_dtype)[0]
+        except jax.dtypes.TypePromotionError as err:  # under strict dtype promotion
+            raise TypeError(message) from err
+        if got != [out.dtype for out in jax.tree.leaves(stepped)]:
+            raise TypeError(message)
     if lengths is not None:
         lengths = _checks.lengths_array(lengths, batch_shape, num_steps, where)
     return xs, carry, lengths, axis
@@ -225,6 +239,9 @@ def unroll(
         True
     """
     remat = _remat_schedule(remat)
+    methods = ("sequential", *PARALLEL_METHODS)
+    if method not in methods:
+        raise ValueError(f"unroll: method must be one of {methods}; got {method!r}")
     if method != "sequential":
         if truncate is not None:
             raise ValueError(f"unroll: truncate applies to method='sequential'; got {method!r}")
@@ -241,8 +258,15 @@ def unroll(
             # Padded steps do not exist, so a reset there does nothing (as in unroll_reference).
             steps = jnp.arange(xs.shape[0], dtype=lengths.dtype)
             resets = resets & (steps.reshape(-1, *([1] * lengths.ndim)) < lengths[None])
-    if truncate is not None and (not isinstance(truncate, int) or truncate < 1):
-        raise ValueError(f"unroll: truncate must be a positive int or None; got {truncate!r}")
+    if truncate is not None:
+        if isinstance(truncate, bool) or not isinstance(truncate, int | np.integer) or truncate < 1:
+            raise ValueError(f"unroll: truncate must be a positive int or None; got {truncate!r}")
+        truncate = int(truncate)
+    if unroll is not None and not isinstance(unroll, bool):
+        if not isinstance(unroll, int | np.integer) or unroll < 1:
+            raise ValueError(
+                f"unroll: unroll must be a positive int, a bool or None; got {unroll!r}"
+            )
     if hoist_projection is None:
         hoist_projection = _hoist_default()
     if unroll is None:

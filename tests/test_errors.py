@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from seqjax import Bidirectional, Dense, Embedding, GRUCell, LSTMCell, Stack, last_valid, unroll
+from seqjax import (
+    Bidirectional,
+    Dense,
+    Embedding,
+    GRUCell,
+    LSTMCell,
+    Stack,
+    cross_entropy,
+    last_valid,
+    sequence_mask,
+    unroll,
+    unroll_parallel,
+)
 
 CELL = LSTMCell(3, 4)
 PARAMS = CELL.init(jax.random.key(0))
@@ -28,6 +41,9 @@ XS = jnp.zeros((5, 2, 3), jnp.float32)
         (XS, {"resets": jnp.zeros((5, 3), bool)}, ValueError, ["resets", "(5, 2)", "(5, 3)"]),
         (XS, {"resets": jnp.zeros((5, 2), jnp.int32)}, TypeError, ["resets", "booleans"]),
         (XS, {"truncate": 0}, ValueError, ["truncate", "positive", "0"]),
+        (XS, {"truncate": True}, ValueError, ["truncate", "positive int", "True"]),
+        (XS, {"unroll": 0}, ValueError, ["unroll", "positive int", "got 0"]),
+        (XS, {"method": "bogus"}, ValueError, ["unroll: method", "sequential", "'bogus'"]),
     ],
 )
 def test_unroll_rejects_bad_input(xs, kwargs, error, words):
@@ -42,6 +58,32 @@ def test_unroll_rejects_a_carry_of_the_wrong_shape():
         unroll(CELL, PARAMS, XS, CELL.init_carry((3,)))
     with pytest.raises(ValueError, match="carry must have structure"):
         unroll(CELL, PARAMS, XS, jnp.zeros((2, 4), jnp.float32))
+
+
+def test_unroll_rejects_a_carry_a_step_would_change_the_dtype_of():
+    """float16 state with float32 weights: named here, not as lax.scan's type mismatch."""
+    with pytest.raises(TypeError, match=r"carry leaves must have a dtype .*\(float32.*got float16"):
+        unroll(CELL, PARAMS, XS, CELL.init_carry((2,), jnp.float16))
+    # A NumPy integer is an int: accepted like a Python one.
+    tree_equal = jax.tree.map(
+        lambda a, b: bool((a == b).all()),
+        unroll(CELL, PARAMS, XS, truncate=np.int64(2)),
+        unroll(CELL, PARAMS, XS, truncate=2),
+    )
+    assert all(jax.tree.leaves(tree_equal))
+
+
+def test_training_helpers_and_stacks_name_their_bad_arguments():
+    with pytest.raises(ValueError, match="cross_entropy: mask must have the shape"):
+        cross_entropy(jnp.zeros((5, 2, 3)), jnp.zeros((5, 2), jnp.int32), jnp.ones((5, 3), bool))
+    with pytest.raises(TypeError, match="sequence_mask: lengths must be integers; got dtype float"):
+        sequence_mask(jnp.array([1.5, 2.0]), 3)
+    stack = Stack((LSTMCell(3, 4), GRUCell(4, 5)))
+    params = stack.init(jax.random.key(0))
+    with pytest.raises(ValueError, match="Stack: params must hold one entry per layer, 2; got 1"):
+        stack(params[:1], XS)
+    with pytest.raises(ValueError, match="unroll_parallel: tol must be > 0"):
+        unroll_parallel(CELL, PARAMS, XS, method="deer", tol=-1.0)
 
 
 def test_errors_are_raised_at_trace_time_under_jit():
