@@ -7,6 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def positive_int(name: str, value, where: str) -> int:
+    """``value`` as an int if it is a positive Python or NumPy integer (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{where}: {name} must be a positive int; got {value!r}")
+    return int(value)
+
+
 def floating_array(name: str, x, where: str) -> jax.Array:
     """Return ``x`` as an array, raising TypeError unless it has a floating dtype."""
     x = jnp.asarray(x)

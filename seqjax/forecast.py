@@ -43,12 +43,6 @@ def _series(name: str, series, where: str, min_ndim: int = 2) -> Array:
     return series
 
 
-def _positive_int(name: str, value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{where}: {name} must be a positive int; got {value!r}")
-    return int(value)
-
-
 def _sliding(series: Array, order: int, count: int, start: int = 0) -> Array:
     """Windows of ``order`` steps, ``[count, *B, order, F]``; window n starts at ``start + n``."""
     index = start + jnp.arange(count)[:, None] + jnp.arange(order)[None, :]  # [count, order]
@@ -79,7 +73,7 @@ def ar_windows(series: Array, order: int) -> tuple[Array, Array]:
         ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]], [3.0, 4.0])
     """
     series = _series("series", series, "ar_windows")
-    order = _positive_int("order", order, "ar_windows")
+    order = _checks.positive_int("order", order, "ar_windows")
     if order >= series.shape[0]:
         raise ValueError(
             f"ar_windows: the window (order = {order}) must be shorter than the series "
@@ -125,11 +119,11 @@ class ARModel:
     activation: Callable[[Array], Array] = jnp.tanh
 
     def __post_init__(self):
-        _positive_int("order", self.order, "ARModel")
-        _positive_int("features", self.features, "ARModel")
+        _checks.positive_int("order", self.order, "ARModel")
+        _checks.positive_int("features", self.features, "ARModel")
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         for size in self.hidden_sizes:
-            _positive_int("hidden_sizes entries", size, "ARModel")
+            _checks.positive_int("hidden_sizes entries", size, "ARModel")
 
     @property
     def layers(self) -> tuple[Dense, ...]:
@@ -333,7 +327,7 @@ def closed_loop(
         >>> ys[:, 0].tolist()
         [2.0, 4.0, 8.0, 16.0]
     """
-    horizon = _positive_int("horizon", horizon, "closed_loop")
+    horizon = _checks.positive_int("horizon", horizon, "closed_loop")
 
     def body(state, _):
         carry, x = state
@@ -373,7 +367,7 @@ def forecast(model, params: PyTree, context: Array, horizon: int, carry: PyTree 
         >>> ys.shape, bool(jnp.abs(ys - truth).max() < 1e-3)
         ((5, 1), True)
     """
-    horizon = _positive_int("horizon", horizon, "forecast")
+    horizon = _checks.positive_int("horizon", horizon, "forecast")
     context = _series("context", context, "forecast")
     need = getattr(model, "order", 1) if carry is None else 1
     if context.shape[0] < need:
@@ -437,7 +431,7 @@ def last_value_forecast(context: Array, horizon: int) -> Array:
         >>> last_value_forecast(jnp.array([[1.0], [2.0]]), 3)[:, 0].tolist()
         [2.0, 2.0, 2.0]
     """
-    horizon = _positive_int("horizon", horizon, "last_value_forecast")
+    horizon = _checks.positive_int("horizon", horizon, "last_value_forecast")
     context = _series("context", context, "last_value_forecast")
     if context.shape[0] < 1:
         raise ValueError("last_value_forecast: context must hold at least one step; got none")
@@ -468,8 +462,8 @@ def origins(
     series = _series("series", series, "origins")
     if series.ndim != 2:
         raise ValueError(f"origins: series must be one series [T, F]; got shape {series.shape}")
-    context_length = _positive_int("context_length", context_length, "origins")
-    horizon = _positive_int("horizon", horizon, "origins")
+    context_length = _checks.positive_int("context_length", context_length, "origins")
+    horizon = _checks.positive_int("horizon", horizon, "origins")
     starts = np.asarray(starts)
     if not np.issubdtype(starts.dtype, np.integer) or starts.ndim != 1:
         raise TypeError(f"origins: starts must be a 1-D sequence of ints; got {starts!r}")

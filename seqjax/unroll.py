@@ -259,14 +259,9 @@ def unroll(
             steps = jnp.arange(xs.shape[0], dtype=lengths.dtype)
             resets = resets & (steps.reshape(-1, *([1] * lengths.ndim)) < lengths[None])
     if truncate is not None:
-        if isinstance(truncate, bool) or not isinstance(truncate, int | np.integer) or truncate < 1:
-            raise ValueError(f"unroll: truncate must be a positive int or None; got {truncate!r}")
-        truncate = int(truncate)
-    if unroll is not None and not isinstance(unroll, bool):
-        if not isinstance(unroll, int | np.integer) or unroll < 1:
-            raise ValueError(
-                f"unroll: unroll must be a positive int, a bool or None; got {unroll!r}"
-            )
+        truncate = _checks.positive_int("truncate", truncate, "unroll")
+    if unroll is not None and not isinstance(unroll, bool):  # True: unroll every step
+        unroll = _checks.positive_int("unroll", unroll, "unroll")
     if hoist_projection is None:
         hoist_projection = _hoist_default()
     if unroll is None:
