@@ -7,11 +7,27 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is a Python or NumPy integer (a bool is not)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def positive_int(name: str, value, where: str) -> int:
     """``value`` as an int if it is a positive Python or NumPy integer (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{where}: {name} must be a positive int; got {value!r}")
     return int(value)
+
+
+def positive_number(name: str, value, where: str) -> float:
+    """``value`` as a float if it is a positive real number (not a bool)."""
+    try:
+        number = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not number > 0:
+        raise ValueError(f"{where}: {name} must be a positive number; got {value!r}")
+    return number
 
 
 def floating_array(name: str, x, where: str) -> jax.Array:
@@ -50,6 +66,22 @@ def feature_size(name: str, shape: tuple[int, ...], expected: int, where: str) -
         )
 
 
+def wide_int(a: jax.Array) -> jax.Array:
+    """Integer array ``a``, widened to int32 when its dtype is narrower.
+
+    Step counters are built in the lengths' dtype (``arange(T) < lengths``) and token ids are
+    shifted by ``V``: in uint8 or int8 both wrap past 255 or 127 and read padding as valid.
+    """
+    return a.astype(jnp.int32) if a.dtype.itemsize < 4 else a
+
+
+def valid_steps(lengths, num_steps: int) -> jax.Array:
+    """Booleans ``[T, *B]``: True at the steps before each of the integer ``lengths`` ``[*B]``."""
+    lengths = wide_int(jnp.asarray(lengths))
+    steps = jnp.arange(num_steps, dtype=lengths.dtype).reshape(-1, *([1] * lengths.ndim))
+    return steps < lengths[None]
+
+
 def lengths_array(lengths, batch_shape: tuple[int, ...], num_steps: int, where: str) -> jax.Array:
     """Check per-sequence lengths: integer, shape ``batch_shape``, values in [0, T] when known."""
     if not isinstance(lengths, jax.core.Tracer):
@@ -67,7 +99,7 @@ def lengths_array(lengths, batch_shape: tuple[int, ...], num_steps: int, where: 
             f"{where}: lengths must have the batch shape of xs, {batch_shape}; "
             f"got shape {lengths.shape}"
         )
-    return lengths
+    return wide_int(lengths)
 
 
 def carry_matches(carry, expected, where: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from seqjax import _backward
+from seqjax import _backward, _checks
 from seqjax._types import Array, Cell, PyTree
 from seqjax.unroll import unroll
 
@@ -155,6 +155,7 @@ def embedded_unroll(
         )
     projected = cell.project(params, table)
     projected = jnp.concatenate([projected, jnp.full_like(projected[:1], jnp.nan)])
+    ids = _checks.wide_int(ids)  # ids + V and ids < V would wrap in uint8 (the char-LM's V = 256)
     ids = jnp.where(ids < 0, ids + vocab, ids)
     ids = jnp.where((ids >= 0) & (ids < vocab), ids, vocab)
     xs = ids.astype(jnp.float32)[..., None]

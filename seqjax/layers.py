@@ -367,8 +367,7 @@ def mean_valid(ys: Array, lengths: Array | None = None, *, time_axis: int = 0) -
     if lengths is None:
         return ys.mean(axis=0)
     lengths = _checks.lengths_array(lengths, ys.shape[1:-1], ys.shape[0], "mean_valid")
-    steps = jnp.arange(ys.shape[0], dtype=lengths.dtype).reshape(-1, *([1] * lengths.ndim))
-    mask = (steps < lengths[None])[..., None]
+    mask = _checks.valid_steps(lengths, ys.shape[0])[..., None]
     total = jnp.where(mask, ys, jnp.zeros_like(ys)).sum(axis=0)
     count = jnp.maximum(lengths, 1)[..., None].astype(ys.dtype)
     return total / count

@@ -1,6 +1,6 @@
 """Training: sequence losses with masks, BPTT and truncated-BPTT steps, the optax recipe.
 
-Two forms of truncated BPTT (DESIGN.md, "Training"):
+Two forms of truncated BPTT:
 
 1. *Inside one loss*: ``unroll(..., truncate=k)`` runs the whole sequence forwards and cuts
    the carry's gradient every ``k`` steps; train it with :func:`bptt_step`.
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from seqjax import _checks
 from seqjax._types import Array, PyTree
 
 
@@ -31,19 +32,33 @@ class StepMetrics(NamedTuple):
     grad_norm: Array  # [] global L2 norm of the gradient before clipping
 
 
-def _masked_mean(values: Array, mask: Array | None, average: bool, where: str) -> Array:
+def _loss_mask(mask: Array | None, shape: tuple[int, ...], where: str) -> Array | None:
+    """``mask`` checked: booleans of the per-position losses' ``shape`` (None passes)."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(
+            f"{where}: mask must be booleans (True where a position counts; for 0/1 numbers "
+            f"use mask.astype(bool)); got dtype {mask.dtype}"
+        )
+    if mask.shape != shape:
+        raise ValueError(
+            f"{where}: mask must have the shape of the per-step losses, {shape}; got {mask.shape}"
+        )
+    return mask
+
+
+def _masked_mean(values: Array, mask: Array | None, average: bool) -> Array:
+    """Mean (or sum) of ``values`` where ``mask``, accumulated in at least float32 as
+    ``jnp.mean`` does: a float16 sum of 50k losses overflows."""
     if mask is None:
         return values.mean() if average else values.sum()
-    mask = jnp.asarray(mask)
-    if mask.shape != values.shape:
-        raise ValueError(
-            f"{where}: mask must have the shape of the per-step losses, {values.shape}; "
-            f"got {mask.shape}"
-        )
-    total = jnp.where(mask, values, jnp.zeros_like(values)).sum()
-    if not average:
-        return total
-    return total / jnp.maximum(mask.sum(), 1).astype(values.dtype)
+    wide = jnp.float32 if jnp.finfo(values.dtype).bits < 32 else values.dtype
+    total = jnp.where(mask, values, jnp.zeros_like(values)).astype(wide).sum()
+    if average:
+        total = total / jnp.maximum(mask.sum(), 1).astype(wide)
+    return total.astype(values.dtype)
 
 
 def cross_entropy(
@@ -72,8 +87,11 @@ def cross_entropy(
             f"cross_entropy: targets must have shape logits.shape[:-1] = {logits.shape[:-1]}; "
             f"got {targets.shape}"
         )
+    mask = _loss_mask(mask, targets.shape, "cross_entropy")
+    if mask is not None:  # padded logits may be NaN; 0 * NaN would reach the gradient
+        logits = jnp.where(mask[..., None], logits, jnp.zeros_like(logits))
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return _masked_mean(losses, mask, average, "cross_entropy")
+    return _masked_mean(losses, mask, average)
 
 
 def mean_squared_error(
@@ -97,8 +115,11 @@ def mean_squared_error(
             f"mean_squared_error: targets must have the shape of predictions, "
             f"{predictions.shape}; got {targets.shape}"
         )
-    squared = jnp.sum((predictions - targets) ** 2, axis=-1)
-    return _masked_mean(squared, mask, average, "mean_squared_error")
+    mask = _loss_mask(mask, predictions.shape[:-1], "mean_squared_error")
+    error = predictions - targets
+    if mask is not None:  # as in cross_entropy: NaN at padded positions stays out
+        error = jnp.where(mask[..., None], error, jnp.zeros_like(error))
+    return _masked_mean(jnp.sum(error**2, axis=-1), mask, average)
 
 
 def sequence_mask(lengths: Array, num_steps: int, *, time_axis: int = 0) -> Array:
@@ -112,8 +133,7 @@ def sequence_mask(lengths: Array, num_steps: int, *, time_axis: int = 0) -> Arra
     lengths = jnp.asarray(lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"sequence_mask: lengths must be integers; got dtype {lengths.dtype}")
-    steps = jnp.arange(num_steps, dtype=lengths.dtype).reshape(-1, *([1] * lengths.ndim))
-    return jnp.moveaxis(steps < lengths[None], 0, time_axis)
+    return jnp.moveaxis(_checks.valid_steps(lengths, num_steps), 0, time_axis)
 
 
 def default_optimizer(
@@ -137,6 +157,10 @@ def default_optimizer(
         >>> state = optimizer.init({"w": jnp.zeros(3)})
     """
     parts = []
+    # A bound <= 0 would freeze or reverse the gradient.
+    for name, bound in (("max_value", max_value), ("max_norm", max_norm)):
+        if bound is not None:
+            _checks.positive_number(name, bound, "default_optimizer")
     if max_value is not None:
         parts.append(optax.clip(max_value))
     if max_norm is not None:
@@ -224,6 +248,15 @@ def tbptt_step(
     return step
 
 
+def _windows_k(k1, k2, where: str) -> tuple[int, int]:
+    """``(k1, k2)`` checked: positive ints with ``k1 <= k2`` (``k2`` defaults to ``k1``)."""
+    k1 = _checks.positive_int("k1", k1, where)
+    k2 = k1 if k2 is None else _checks.positive_int("k2", k2, where)
+    if k2 < k1:
+        raise ValueError(f"{where}: k2 must be >= k1 = {k1}; got k2={k2}")
+    return k1, k2
+
+
 def window_loss(
     forward: Callable[[PyTree, PyTree, Array, Array | None], tuple[PyTree, Array]],
     loss: Callable[[Array, Array], Array],
@@ -250,9 +283,7 @@ def window_loss(
         ``loss_fn(params, carry, (xs, targets, resets)) -> (loss, next_carry)``, where
         ``xs`` and ``targets`` are ``[k2, *B, ...]`` and ``resets`` ``[k2, *B]`` or None.
     """
-    k2 = k1 if k2 is None else k2
-    if not isinstance(k1, int) or k1 < 1 or not isinstance(k2, int) or k2 < k1:
-        raise ValueError(f"window_loss: need ints 1 <= k1 <= k2; got k1={k1!r}, k2={k2!r}")
+    k1, k2 = _windows_k(k1, k2, "window_loss")
 
     def part(a, start, stop):
         return None if a is None else a[start:stop]
@@ -317,11 +348,7 @@ def stream_windows(stream: Array, *, k1: int, k2: int | None = None, time_axis: 
         >>> stream_windows(jnp.arange(7), k1=2, k2=3).tolist()
         [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
     """
-    k2 = k1 if k2 is None else k2
-    if not isinstance(k1, int) or k1 < 1:
-        raise ValueError(f"stream_windows: k1 must be a positive int; got {k1!r}")
-    if not isinstance(k2, int) or k2 < k1:
-        raise ValueError(f"stream_windows: k2 must be an int >= k1 = {k1}; got {k2!r}")
+    k1, k2 = _windows_k(k1, k2, "stream_windows")
     stream = jnp.moveaxis(jnp.asarray(stream), time_axis, 0)
     length = stream.shape[0]
     if length < k2:

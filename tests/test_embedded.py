@@ -125,6 +125,23 @@ def test_a_cell_that_cannot_fold_runs_unfolded_and_refuses_fold_true():
         embedded_unroll(cell, params, table, ids, fold=True)
 
 
+@pytest.mark.parametrize(
+    "dtype, vocab, low, high", [(jnp.uint8, 256, 0, 256), (jnp.int8, 200, -50, 128)]
+)
+def test_narrow_integer_ids_fold_as_int32_ids_do(dtype, vocab, low, high):
+    # V = 256 with uint8 ids is the byte-level char-LM: "ids < V" cast V to uint8 (0) and
+    # sent every id to row 0; int8 ids with V = 200 wrapped "ids < V" and "ids + V" alike.
+    cell = LSTMCell(3, 4)
+    params = cell.init(jax.random.key(0))
+    table = jax.random.normal(jax.random.key(1), (vocab, 3), jnp.float32)
+    ids = jax.random.randint(jax.random.key(2), (40, 2), low, high).astype(dtype)
+    _, want = embedded_unroll(cell, params, table, ids.astype(jnp.int32), fold=True)
+    _, got = embedded_unroll(cell, params, table, ids, fold=True)
+    np.testing.assert_array_equal(got, want)
+    _, unfolded = unroll(cell, params, table[ids.astype(jnp.int32)])
+    np.testing.assert_allclose(got, unfolded, rtol=1e-5, atol=1e-6)  # float32 sums reordered
+
+
 def test_bad_ids_and_table_are_refused():
     cell = LSTMCell(3, 4)
     params = cell.init(jax.random.key(0))

@@ -245,15 +245,66 @@ def test_losses_respect_masks():
     assert sequence_mask(jnp.array([1, 3]), 4, time_axis=1).shape == (2, 4)
 
 
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8])
+def test_narrow_integer_lengths_mask_the_same_steps_as_int32(dtype):
+    # T = 300 is past uint8's and int8's range: a step counter in the lengths' dtype wrapped
+    # and marked padded steps valid (uint8 lengths [3, 1] gave 6 and 2 valid steps).
+    lengths = jnp.array([3, 1, 0, 100], jnp.int32)
+    want = sequence_mask(lengths, 300)
+    assert want.sum(0).tolist() == [3, 1, 0, 100]
+    np.testing.assert_array_equal(sequence_mask(lengths.astype(dtype), 300), want)
+
+
+def test_masked_losses_accumulate_in_float32_as_unmasked_ones_do():
+    # 50,000 float16 losses of log 4 sum past float16's largest value (65504).
+    logits = jnp.zeros((50_000, 4), jnp.float16)
+    targets = jnp.zeros((50_000,), jnp.int32)
+    mask = jnp.ones((50_000,), bool)
+    plain, masked = cross_entropy(logits, targets), cross_entropy(logits, targets, mask)
+    assert masked.dtype == jnp.float16
+    np.testing.assert_allclose(float(masked), np.log(4.0), rtol=1e-3)  # float16 result
+    assert float(masked) == float(plain)
+
+
+def test_masked_positions_give_no_nan_to_the_gradient():
+    # Padded logits or predictions may be NaN (e.g. embedded_unroll's out-of-range ids).
+    mask = jnp.array([True, True, False])
+    logits = jnp.zeros((3, 4), jnp.float32).at[2].set(jnp.nan)
+    targets = jnp.zeros((3,), jnp.int32)
+    grad = jax.grad(lambda lg: cross_entropy(lg, targets, mask))(logits)
+    assert np.isfinite(grad).all() and not np.any(grad[2])
+    preds = jnp.ones((3, 2), jnp.float32).at[2].set(jnp.nan)
+    grad = jax.grad(lambda p: mean_squared_error(p, jnp.zeros_like(p), mask))(preds)
+    np.testing.assert_allclose(grad, [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+
+
+def test_losses_and_optimizer_refuse_what_would_silently_mislead():
+    ones, zeros = jnp.ones((4, 1), jnp.float32), jnp.zeros((4, 1), jnp.float32)
+    # A 0/1/2 mask used as booleans in the sum and as numbers in the count gave 0.75.
+    with pytest.raises(TypeError, match="mask must be booleans.*got dtype int"):
+        mean_squared_error(ones, zeros, jnp.array([1, 1, 2, 0]))
+    with pytest.raises(TypeError, match="cross_entropy: mask must be booleans"):
+        cross_entropy(jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32), jnp.ones(4, jnp.float32))
+    # A bound <= 0 reversed (max_norm=-1) or froze (0) training without a word.
+    for bad in (dict(max_norm=-1.0), dict(max_norm=0.0), dict(max_value=-2.0)):
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=f"default_optimizer: {name} must be a positive"):
+            default_optimizer(0.1, **bad)
+
+
 def test_stream_windows_and_window_loss_reject_bad_arguments():
     with pytest.raises(ValueError, match="k1 must be a positive int; got 0"):
         stream_windows(jnp.arange(5), k1=0)
-    with pytest.raises(ValueError, match="k2 must be an int >= k1"):
+    with pytest.raises(ValueError, match="k2 must be >= k1 = 3; got k2=2"):
         stream_windows(jnp.arange(5), k1=3, k2=2)
     with pytest.raises(ValueError, match="fewer than one window"):
         stream_windows(jnp.arange(5), k1=6)
-    with pytest.raises(ValueError, match="1 <= k1 <= k2"):
+    with pytest.raises(ValueError, match="window_loss: k2 must be >= k1"):
         window_loss(None, None, k1=4, k2=2)
+    with pytest.raises(ValueError, match="k1 must be a positive int; got True"):
+        stream_windows(jnp.arange(5), k1=True)
+    # NumPy ints are ints, as everywhere else in seqjax.
+    assert stream_windows(jnp.arange(7), k1=np.int64(2), k2=np.int32(3)).shape == (3, 3)
     with pytest.raises(TypeError, match="integer ids"):
         cross_entropy(jnp.zeros((2, 3), jnp.float32), jnp.zeros(2, jnp.float32))
 

@@ -352,3 +352,38 @@ def test_truncate_cuts_reverse_runs_at_the_same_borders(key):
     jac = jax.jacrev(lambda x: unroll(cell, params, x, reverse=True, truncate=2)[1][0])(xs)
     reach = np.abs(np.asarray(jac)).reshape(cell.hidden_size, T, -1).sum(axis=(0, 2))
     assert (reach[:2] > 0).all() and not reach[2:].any()
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8])
+@pytest.mark.parametrize("backward", ["autodiff", "custom"])
+def test_narrow_integer_lengths_equal_int32_lengths(dtype, backward):
+    # T = 300 is past uint8's and int8's range: the step counter, built in the lengths'
+    # dtype, wrapped and read padded steps as valid. Values and gradients must not depend on
+    # the dtype, nor may mean_valid's or a tagger's loss (their own step masks).
+    from seqjax import LSTMCell, SequenceTagger, mean_valid
+
+    cell, num_steps = LSTMCell(2, 3), 300
+    params = cell.init(jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (num_steps, 3, 2), jnp.float32)
+    lengths = jnp.array([10, 127, 0], jnp.int32)
+
+    @jax.jit
+    def run(params, xs, lengths):
+        def loss(params, xs):
+            _, ys = unroll(cell, params, xs, lengths=lengths, backward=backward)
+            return jnp.sum(ys**2), ys
+
+        (_, ys), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs)
+        late = jnp.where(jnp.arange(num_steps) >= 256, 100.0, 0.0)[:, None, None]  # wrapped steps
+        return ys, grads, mean_valid(xs + late, lengths)
+
+    want = run(params, xs, lengths)
+    got = run(params, xs, lengths.astype(dtype))
+    tree_allclose(got, want, rtol=0, atol=0)
+    tagger = SequenceTagger(LSTMCell(2, 3), 4)
+    tparams = tagger.init(jax.random.key(3))
+    tags = jnp.zeros((num_steps, 3), jnp.int32)
+    np.testing.assert_array_equal(
+        tagger.loss(tparams, xs, tags, lengths.astype(dtype)),
+        tagger.loss(tparams, xs, tags, lengths),
+    )

@@ -370,9 +370,12 @@ def test_learned_initial_state_gets_the_summed_gradient_of_every_sequence(inner)
     xs = _xs()
     weights = _xs((T, B, H), seed=6)
 
-    grads = jax.grad(lambda p: jnp.sum(weights * unroll(cell, p, xs)[1]))(params)
+    # Jitted: an XLA:CPU compile segfaulted once among this test's eager per-op compilations.
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(weights * unroll(cell, p, xs)[1])))(params)
     start = jax.tree.map(lambda a: jnp.broadcast_to(a, (B, *a.shape)), params.carry)
-    plain_grad = jax.grad(lambda c: jnp.sum(weights * unroll(inner, params.cell, xs, c)[1]))(start)
+    plain_grad = jax.jit(
+        jax.grad(lambda c: jnp.sum(weights * unroll(inner, params.cell, xs, c)[1]))
+    )(start)
     tree_allclose(grads.carry, jax.tree.map(lambda g: g.sum(0), plain_grad), **TOL)
     assert all(bool(jnp.any(g != 0)) for g in jax.tree.leaves(grads.carry))
     # The forward pass is the plain cell's from the learned state.

@@ -53,11 +53,7 @@ def step_mask(lengths: Array | None, num_steps: int, batch_shape: tuple[int, ...
     """Booleans ``[T, *B]``: True at valid steps (all of them when ``lengths`` is None)."""
     if lengths is None:
         return jnp.ones((num_steps, *batch_shape), bool)
-    lengths = jnp.asarray(lengths)
-    steps = jnp.arange(num_steps, dtype=lengths.dtype).reshape(-1, *([1] * lengths.ndim))
-    return jnp.broadcast_to(steps, (num_steps, *batch_shape)) < jnp.broadcast_to(
-        lengths[None], (num_steps, *batch_shape)
-    )
+    return jnp.broadcast_to(_checks.valid_steps(lengths, num_steps), (num_steps, *batch_shape))
 
 
 def zero_padded(ys: Array, mask: Array) -> Array:
