@@ -12,6 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 
 
@@ -22,7 +23,8 @@ def pick_token(key: PRNGKey, logits: Array, *, temperature: float = 1.0, top_k: 
         key: PRNG key (unused when greedy).
         logits: ``[*B, V]`` unnormalised log-probabilities.
         temperature: softmax temperature; ``0`` picks the most likely token (greedy).
-        top_k: sample among the ``k`` most likely tokens only; all when None.
+        top_k: sample among the ``k`` most likely tokens only (exactly ``k``: among tokens
+            tied at the ``k``-th logit, the lower ids); all when None.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -32,15 +34,21 @@ def pick_token(key: PRNGKey, logits: Array, *, temperature: float = 1.0, top_k: 
     """
     if temperature < 0:
         raise ValueError(f"pick_token: temperature must be >= 0; got {temperature}")
-    if top_k is not None and not 1 <= top_k <= logits.shape[-1]:
-        raise ValueError(
-            f"pick_token: top_k must lie in [1, V] = [1, {logits.shape[-1]}]; got {top_k}"
-        )
+    vocab_size = logits.shape[-1]
+    if top_k is not None:
+        top_k = _checks.positive_int("top_k", top_k, "pick_token")
+        if top_k > vocab_size:
+            raise ValueError(
+                f"pick_token: top_k must lie in [1, V] = [1, {vocab_size}]; got {top_k}"
+            )
     if temperature == 0:
         return jnp.argmax(logits, axis=-1)
-    if top_k is not None:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, jnp.full_like(logits, -jnp.inf), logits)
+    if top_k is not None and top_k < vocab_size:
+        # The top_k ids themselves, not a threshold at the k-th logit, which keeps every tie.
+        rows = logits.reshape(-1, vocab_size)
+        _, ids = jax.lax.top_k(rows, top_k)
+        keep = jnp.zeros(rows.shape, bool).at[jnp.arange(rows.shape[0])[:, None], ids].set(True)
+        logits = jnp.where(keep.reshape(logits.shape), logits, jnp.full_like(logits, -jnp.inf))
     return jax.random.categorical(key, logits / temperature, axis=-1)
 
 
@@ -99,7 +107,7 @@ class Decoded(NamedTuple):
     tokens: Array  # [L, *B] int: generated ids; ``end_token`` past each sequence's end
     lengths: Array  # [*B] int32: valid tokens, the end token included (L if none was drawn)
     log_probs: Array  # [*B] summed model log-probabilities (temperature 1) of the valid tokens
-    carry: PyTree  # the state after each sequence's last valid token
+    carry: PyTree  # the state that emitted each sequence's last valid token (not yet read)
 
 
 class Beams(NamedTuple):
@@ -127,13 +135,14 @@ def _check_token(name: str, token) -> Array:
     return token
 
 
-def _check_decode_args(name: str, max_length: int, end_token, vocab_size: int):
-    if not isinstance(max_length, int) or max_length < 1:
-        raise ValueError(f"{name}: max_length must be a positive int; got {max_length!r}")
+def _check_decode_args(name: str, max_length: int, end_token, vocab_size: int) -> int:
+    """``max_length`` as an int, after checking it and ``end_token``."""
+    max_length = _checks.positive_int("max_length", max_length, name)
     if end_token is not None and not 0 <= end_token < vocab_size:
         raise ValueError(
             f"{name}: end_token must lie in [0, V) = [0, {vocab_size}); got {end_token}"
         )
+    return max_length
 
 
 def decode(
@@ -151,7 +160,7 @@ def decode(
     """Greedy (default) or sampled decoding that stops each sequence at ``end_token``.
 
     Like :func:`sample` (same keys, so the same tokens up to each end), but a sequence that
-    has drawn ``end_token`` is finished: its carry stays as it was after the end token, its
+    has drawn ``end_token`` is finished: its carry stays the one that emitted it, its
     later tokens are ``end_token`` and do not count in ``lengths`` or ``log_probs``. The
     loop always runs ``max_length`` steps under ``lax.scan``, so it jits with fixed shapes.
 
@@ -180,7 +189,7 @@ def decode(
     """
     token = _check_token("decode", token)
     spec = jax.eval_shape(step_fn, params, carry, token)[1]
-    _check_decode_args("decode", max_length, end_token, spec.shape[-1])
+    max_length = _check_decode_args("decode", max_length, end_token, spec.shape[-1])
     batch_shape = token.shape
 
     def body(state, t):
@@ -275,7 +284,7 @@ def beam_search(
     carry, token = jax.tree.map(expand, carry), expand(token)
     spec = jax.eval_shape(step_fn, params, carry, token)[1]
     vocab_size, dtype = spec.shape[-1], spec.dtype
-    _check_decode_args("beam_search", max_length, end_token, vocab_size)
+    max_length = _check_decode_args("beam_search", max_length, end_token, vocab_size)
     neg_inf = jnp.array(-jnp.inf, dtype)
     zero = jnp.array(0, dtype)
     # All beams start equal; only the first is live, so step 1 does not pick one token K times.
@@ -302,6 +311,8 @@ def beam_search(
         parent, token = index // vocab_size, (index % vocab_size).astype(token.dtype)
         carry = jax.tree.map(lambda a: gather(a, parent), carry)
         done = gather(done, parent)
+        if end_token is not None:  # a finished parent's -inf candidates must not leak out
+            token = jnp.where(done, jnp.full_like(token, end_token), token)
         lengths = gather(lengths, parent) + jnp.logical_not(done).astype(lengths.dtype)
         if end_token is not None:
             done = done | (token == end_token)

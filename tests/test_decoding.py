@@ -157,6 +157,31 @@ def test_wide_beam_search_is_exact_against_brute_force():
         assert got == {h[1] for h in hypotheses[:9]}
 
 
+def test_beams_beyond_the_possible_hold_end_tokens_past_their_length():
+    # V = 3, L = 3 allows 15 sequences; with K = 20 the last 5 beams are impossible (score
+    # -inf). Their tokens past their lengths must still be end_token, as for any beam.
+    model, params, conditions = _model(vocab_size=3, key=5)
+    carry = model.initial_carry(params, conditions[:2])
+    start = jnp.full((2,), START, jnp.int32)
+    beams = beam_search(model.step, params, carry, start, 20, 3, end_token=END)
+    assert np.isneginf(beams.scores[:, 15:]).all() and np.isfinite(beams.scores[:, :15]).all()
+    past_end = np.arange(3)[:, None, None] >= np.asarray(beams.lengths)[None]
+    np.testing.assert_array_equal(np.where(past_end, beams.tokens, END), END)
+
+
+def test_top_k_draws_from_exactly_k_tokens_when_logits_tie():
+    # Three tokens tie for the largest logit: top_k=1 must keep one of them (the lowest id),
+    # not all three, and top_k=2 the two lowest.
+    logits = jnp.tile(jnp.array([[0.0, 1.0, 1.0, 1.0]]), (2000, 1))
+    for k, allowed in ((1, {1}), (2, {1, 2}), (4, {0, 1, 2, 3})):
+        drawn = pick_token(jax.random.key(k), logits, temperature=1.0, top_k=k)
+        assert set(np.unique(drawn).tolist()) == allowed
+    # [*B, V] with two batch axes keeps the rows apart.
+    logits = jnp.array([[[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]]])
+    drawn = pick_token(jax.random.key(0), logits, temperature=1.0, top_k=1)
+    assert drawn.tolist() == [[0, 2]]
+
+
 def test_beam_of_width_one_is_greedy():
     model, params, conditions = _model()
     greedy = model.generate(params, conditions, jax.random.key(0), 6)
@@ -178,3 +203,8 @@ def test_decoding_rejects_bad_arguments():
         beam_search(model.step, params, carry, start, 2, 3, end_token=5)
     with pytest.raises(ValueError, match="beam_width must be a positive int"):
         beam_search(model.step, params, carry, start, 0, 3)
+    with pytest.raises(ValueError, match="top_k must lie in"):
+        pick_token(key, jnp.zeros((2, 5)), top_k=6)
+    # NumPy ints are ints, as in unroll's truncate and unroll.
+    assert decode(model.step, params, carry, start, key, np.int64(3)).tokens.shape == (3, 3)
+    assert beam_search(model.step, params, carry, start, 2, np.int32(3)).tokens.shape == (3, 3, 2)
