@@ -25,7 +25,7 @@ PyTree: TypeAlias = Any
 
 
 class Cell(Protocol):
-    """The cell protocol (see DESIGN.md): hyperparameters in fields, pure methods.
+    """The cell protocol: hyperparameters in fields, pure methods.
 
     ``step`` may be refined, optionally, into two methods with
     ``step(params, carry, px) == update(params, carry, px, recur(params, carry))``:

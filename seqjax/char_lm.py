@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -169,9 +170,16 @@ class Corpus(NamedTuple):
 
 
 def load(config: CharLMConfig) -> Corpus:
-    """Read and split the corpus; check it holds at least one window per stream."""
+    """Read and split the corpus; check it holds at least one window per stream and a
+    held-out part that can be evaluated, before any training."""
     text = data.load_corpus(config.corpus, config.max_bytes)
     train_text, held_out = data.split_held_out(text, config.held_out)
+    if len(held_out) < 2:
+        raise ValueError(
+            f"train-charlm: the held-out tail ({config.held_out:.0%} of {len(text)} bytes) has "
+            f"{len(held_out)} byte(s), fewer than the 2 (an input and its target) an evaluation "
+            "needs; use a longer corpus or a larger held-out fraction"
+        )
     per_stream = len(train_text) // config.batch_size
     if per_stream < config.k2 + 1:
         raise ValueError(
@@ -440,7 +448,13 @@ def train_char_lm(
 def load_trained(checkpoint_dir: str) -> tuple[CharLM, TrainState]:
     """Rebuild the model saved in ``checkpoint_dir`` and restore its newest state."""
     meta = checkpoint.read_meta(checkpoint_dir)
-    config = CharLMConfig(**meta)
+    try:
+        config = CharLMConfig(**meta)
+    except TypeError as err:
+        raise ValueError(
+            f"load_trained: {os.fspath(checkpoint_dir)!r} holds a checkpoint that is not a "
+            f"seqjax char-LM's (its meta record: {sorted(meta)}): {err}"
+        ) from err
     model = CharLM(config)
     _, state = checkpoint.restore(checkpoint_dir, new_state(model), config.meta())
     return model, state

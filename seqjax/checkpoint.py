@@ -9,6 +9,7 @@ read or written.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -27,6 +28,20 @@ def _manager(directory: str | os.PathLike, max_to_keep: int | None = 3) -> ocp.C
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def _as_json(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` as it reads back from JSON (tuples as lists, keys as strings), so that a
+    saved record compares equal to the one that wrote it."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"checkpoint: meta must be a dict; got {type(meta).__name__}")
+    try:
+        return json.loads(json.dumps(meta))
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"checkpoint: meta must hold JSON values only (str, int, float, bool, None, lists "
+            f"and dicts of them; convert NumPy scalars with .item()): {err}"
+        ) from err
+
+
 def latest_step(directory: str | os.PathLike) -> int | None:
     """The newest saved step in ``directory``, or None if it holds no checkpoint."""
     if not os.path.isdir(directory):
@@ -40,6 +55,7 @@ def check_compatible(directory: str | os.PathLike, meta: dict[str, Any]) -> int 
     Returns:
         The newest step, or None when the directory holds no checkpoint yet.
     """
+    meta = _as_json(meta)
     step = latest_step(directory)
     if step is None:
         return None
@@ -71,6 +87,7 @@ def save(
     Raises :class:`IncompatibleCheckpointError` (writing nothing) if the directory already
     holds checkpoints of another configuration.
     """
+    meta = _as_json(meta)
     check_compatible(directory, meta)
     manager = _manager(directory, max_to_keep)
     manager.save(
@@ -119,5 +136,13 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     step = latest_step(directory)
     if step is None:
         raise FileNotFoundError(f"read_meta: no checkpoint in {os.fspath(directory)!r}")
-    saved = _manager(directory).restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    return saved["meta"]
+    try:
+        saved = _manager(directory).restore(
+            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+        return saved["meta"]
+    except (KeyError, FileNotFoundError) as err:  # a numbered folder written by something else
+        raise ValueError(
+            f"read_meta: step {step} in {os.fspath(directory)!r} is not a seqjax checkpoint "
+            f"(no meta record): {err!r}"
+        ) from err

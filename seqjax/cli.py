@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+# Defaults of the options --quick changes; an option given explicitly wins over both.
+DEFAULTS = dict(steps=3000, hidden_size=256, embed_size=64, max_bytes=None)
 QUICK = dict(steps=1200, hidden_size=128, embed_size=32, max_bytes=2_000_000)
 
 
@@ -12,6 +14,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {value}")
     return value
 
 
@@ -28,19 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     lm.add_argument("--corpus", help="text file to model (default: Python's stdlib source)")
     lm.add_argument("--max-bytes", type=_positive, help="read at most this many bytes")
-    lm.add_argument("--steps", type=int, default=3000, help="total updates (default 3000)")
-    lm.add_argument("--quick", action="store_true", help="a one-minute run on a laptop CPU")
+    lm.add_argument("--steps", type=_count, help="total updates (default 3000; --quick 1200)")
+    lm.add_argument(
+        "--quick",
+        action="store_true",
+        help="a one-minute run on a laptop CPU: by default 1200 updates, hidden size 128, "
+        "embedding 32, the first 2 MB of the corpus (options given explicitly still apply)",
+    )
     lm.add_argument("--checkpoint-dir", help="save here; resume from the newest checkpoint")
     lm.add_argument("--checkpoint-every", type=_positive, default=500)
     lm.add_argument("--cell", choices=["lstm", "gru", "elman"], default="lstm")
-    lm.add_argument("--hidden-size", type=_positive, default=256)
+    lm.add_argument("--hidden-size", type=_positive, help="default 256; --quick 128")
     lm.add_argument("--num-layers", type=_positive, default=1)
-    lm.add_argument("--embed-size", type=_positive, default=64)
+    lm.add_argument("--embed-size", type=_positive, help="default 64; --quick 32")
     lm.add_argument("--batch-size", type=_positive, default=32, help="parallel streams")
     lm.add_argument("--window", type=_positive, default=64, help="k1: steps per update")
     lm.add_argument("--backprop", type=_positive, help="k2 >= k1: steps backpropagated")
     lm.add_argument("--learning-rate", type=float, default=3e-3)
-    lm.add_argument("--max-norm", type=float, default=1.0, help="gradient clipping norm")
+    lm.add_argument("--max-norm", type=float, default=1.0, help="gradient clipping norm (> 0)")
     lm.add_argument("--seed", type=int, default=0)
     lm.add_argument(
         "--devices",
@@ -71,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _sampling_options(parser: argparse.ArgumentParser, default_length: int) -> None:
     parser.add_argument("--prompt", default="def ", help="text to continue")
-    parser.add_argument("--length", type=int, default=default_length, help="bytes to sample")
+    parser.add_argument("--length", type=_count, default=default_length, help="bytes to sample")
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=_positive, help="sample among the k likeliest bytes")
 
@@ -88,11 +102,10 @@ def _train(args) -> None:
 
     from seqjax import char_lm
 
-    sizes = dict(hidden_size=args.hidden_size, embed_size=args.embed_size, max_bytes=args.max_bytes)
-    steps = args.steps
-    if args.quick:
-        steps = QUICK["steps"]
-        sizes = {k: QUICK[k] for k in ("hidden_size", "embed_size", "max_bytes")}
+    chosen = {k: getattr(args, k) for k in DEFAULTS}
+    fallback = QUICK if args.quick else DEFAULTS
+    sizes = {k: fallback[k] if v is None else v for k, v in chosen.items()}
+    steps = sizes.pop("steps")
     config = char_lm.CharLMConfig(
         cell=args.cell,
         num_layers=args.num_layers,

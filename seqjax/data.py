@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from seqjax import _checks
+
 VOCAB_SIZE = 256
 
 
@@ -43,6 +45,8 @@ def load_corpus(path: str | os.PathLike | None = None, max_bytes: int | None = N
         FileNotFoundError: ``path`` does not exist.
         ValueError: the corpus is empty.
     """
+    if max_bytes is not None:
+        max_bytes = _checks.positive_int("max_bytes", max_bytes, "load_corpus")
     if path is None:
         text = python_stdlib_text(max_bytes)
         source = "the Python standard library"
@@ -69,6 +73,7 @@ def to_streams(data: np.ndarray, num_streams: int) -> np.ndarray:
     Stream ``b`` continues where its previous window stopped, so a carry handed from one
     window to the next reads on through the same text (stateful truncated BPTT).
     """
+    num_streams = _checks.positive_int("num_streams", num_streams, "to_streams")
     length = len(data) // num_streams
     if length < 2:
         raise ValueError(
@@ -79,8 +84,11 @@ def to_streams(data: np.ndarray, num_streams: int) -> np.ndarray:
 
 
 def decode(ids) -> str:
-    """Byte ids ``[N]`` to text (invalid UTF-8 sequences shown as U+FFFD)."""
-    return bytes(np.asarray(ids, np.uint8).tolist()).decode("utf-8", errors="replace")
+    """Byte ids ``[N]`` in ``[0, 256)`` to text (invalid UTF-8 sequences shown as U+FFFD)."""
+    ids = np.asarray(ids)
+    if ids.size and (ids.min() < 0 or ids.max() > 255):
+        raise ValueError(f"decode: ids must be bytes, in [0, 256); got {ids.min()} to {ids.max()}")
+    return bytes(ids.astype(np.uint8).tolist()).decode("utf-8", errors="replace")
 
 
 def encode(text: str) -> np.ndarray:

@@ -16,8 +16,10 @@ CPU (fresh processes, interleaved), LSTM forward+backward on one device: B32/T12
 neither.
 
 The cost: memory the process has freed is not returned to the system until it exits (peak
-resident memory stays resident), and every thread allocates from one arena. The same
-setting for a whole process, before it starts, without seqjax::
+resident memory stays resident), and every thread allocates from one arena. The same effect
+for a whole process, set before it starts, without seqjax (mallopt's trim threshold is a C
+``int``, so the function sets 2 GiB - 1 where the variable can say 16 GiB; either way no
+freed block is trimmed at the sizes here)::
 
     GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184:\
 glibc.malloc.arena_max=1 python train.py

@@ -101,6 +101,56 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys, args, words):
     assert not directory.exists() or not os.listdir(directory)
 
 
+def test_a_held_out_part_too_small_to_evaluate_is_refused_before_training(tmp_path, capsys):
+    # 5 % of 27 bytes is 1 byte: once the run had trained and saved, evaluate() failed on it.
+    (tmp_path / "tiny.txt").write_bytes(b"hello world, this is tiny.\n")
+    directory = tmp_path / "ck"
+    argv = ["train-charlm", "--corpus", str(tmp_path / "tiny.txt"), "--batch-size", "1"]
+    argv += ["--window", "4", "--steps", "2", "--checkpoint-dir", str(directory)]
+    assert cli.main(argv) == 2
+    assert "held-out tail" in capsys.readouterr().err
+    assert not directory.exists() or not os.listdir(directory)
+
+
+def test_quick_sets_defaults_and_explicit_options_win(tmp_path, capsys, corpus):
+    argv = ["train-charlm", "--quick", "--corpus", corpus, "--steps", "0", "--hidden-size"]
+    argv += ["8", "--embed-size", "4", "--batch-size", "4", "--window", "8", "--length", "5"]
+    assert cli.main(argv) == 0
+    banner = capsys.readouterr().out.splitlines()[0]
+    assert "LSTM 1x8 on" in banner and ", 0 updates of 4 streams" in banner  # not 1x128, 1200
+
+
+def test_checkpoint_meta_compares_as_it_reads_back_from_json(tmp_path):
+    like = {"w": jnp.zeros(2, jnp.float32)}
+    meta = {"sizes": (64, 64), "nested": {"k": [1, (2, 3)]}}
+    checkpoint.save(tmp_path, 1, like, meta)
+    checkpoint.save(tmp_path, 2, like, meta)  # tuples were lists once saved, and refused
+    assert checkpoint.restore(tmp_path, like, meta)[0] == 2
+    with pytest.raises(TypeError, match="meta must hold JSON values only.*float32"):
+        checkpoint.save(tmp_path, 3, like, {"rate": np.float32(0.5)})
+    assert checkpoint.latest_step(tmp_path) == 2
+
+
+def test_a_directory_that_is_not_a_char_lm_checkpoint_is_named(tmp_path, capsys):
+    checkpoint.save(tmp_path / "other", 1, {"w": jnp.zeros(2)}, {"program": "not a char-LM"})
+    assert cli.main(["sample", "--checkpoint-dir", str(tmp_path / "other")]) == 2
+    assert "not a seqjax char-LM's" in capsys.readouterr().err
+    (tmp_path / "numbered" / "7").mkdir(parents=True)  # a folder orbax counts as a step
+    assert cli.main(["sample", "--checkpoint-dir", str(tmp_path / "numbered")]) == 2
+    assert "is not a seqjax checkpoint" in capsys.readouterr().err
+
+
+def test_data_helpers_name_bad_arguments():
+    text = np.arange(10, dtype=np.uint8)
+    with pytest.raises(ValueError, match="to_streams: num_streams must be a positive int; got 0"):
+        data.to_streams(text, 0)
+    with pytest.raises(ValueError, match="load_corpus: max_bytes must be a positive int"):
+        data.load_corpus(None, -5)
+    with pytest.raises(ValueError, match=r"decode: ids must be bytes.*300"):
+        data.decode(np.array([104, 300]))
+    assert data.decode(np.array([104, 105], np.int32)) == "hi"
+
+
 def test_cli_trains_saves_and_samples(tmp_path, capsys, corpus):
     directory = str(tmp_path / "ck")
     argv = [

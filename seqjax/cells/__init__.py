@@ -1,4 +1,4 @@
-"""Recurrent cells: one family per file, each satisfying the cell protocol (DESIGN.md)."""
+"""Recurrent cells: one family per file, each satisfying the cell protocol (seqjax._types.Cell)."""
 
 from seqjax.cells._dropout import DropoutMasks, DropoutParams, VariationalDropoutCell
 from seqjax.cells._elman import ElmanCell, ElmanParams
