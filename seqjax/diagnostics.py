@@ -152,9 +152,15 @@ def unit_correlations(states: Array, features: Array) -> Array:
     a = states - states.mean(axis=0, keepdims=True)
     b = features - features.mean(axis=0, keepdims=True)
     covariance = a.T @ b  # [H, K]
-    scale = jnp.sqrt(jnp.sum(a**2, axis=0))[:, None] * jnp.sqrt(jnp.sum(b**2, axis=0))[None, :]
-    safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
-    return jnp.where(scale > 0, covariance / safe, jnp.zeros_like(covariance))
+    norm_a, norm_b = jnp.sqrt(jnp.sum(a**2, axis=0)), jnp.sqrt(jnp.sum(b**2, axis=0))
+    # A constant column minus its rounded mean leaves rounding residue, whose correlation with
+    # another constant's residue came out as 1.0000001: below T ulps of its size, constant.
+    eps = jnp.finfo(states.dtype).eps * states.shape[0]
+    live_a = norm_a > eps * jnp.max(jnp.abs(states), axis=0, initial=0.0)
+    live_b = norm_b > eps * jnp.max(jnp.abs(features), axis=0, initial=0.0)
+    live = live_a[:, None] & live_b[None, :]
+    scale = jnp.where(live, norm_a[:, None] * norm_b[None, :], jnp.ones_like(covariance))
+    return jnp.where(live, jnp.clip(covariance / scale, -1.0, 1.0), jnp.zeros_like(covariance))
 
 
 def state_jacobians(cell: Cell, params: PyTree, xs: Array, carry: PyTree | None = None) -> Array:

@@ -165,6 +165,11 @@ class ARModel:
         Returns ``(carry, ys [T, *B, F])``, ``carry`` the last ``order`` values read.
         """
         xs = _series("xs", xs, "ARModel")
+        if xs.shape[-1] != self.features:
+            raise ValueError(
+                f"ARModel: xs must have F = {self.features} features in its last axis; got "
+                f"shape {xs.shape}"
+            )
         if carry is None:
             carry = self.init_carry(xs.shape[1:-1], xs.dtype)
         history = jnp.concatenate([jnp.moveaxis(carry, -2, 0), xs], axis=0)
@@ -291,11 +296,16 @@ class LatentAR:
         carry, hs = unroll(self.cell, params.cell, xs, carry, lengths=lengths)
         ys = self._read_out(params, hs, xs)
         if lengths is not None:
-            lengths = jnp.asarray(lengths)
-            steps = jnp.arange(xs.shape[0], dtype=lengths.dtype)
-            mask = steps.reshape(-1, *([1] * lengths.ndim)) < lengths[None]
+            mask = _checks.valid_steps(lengths, xs.shape[0])
             ys = jnp.where(mask[..., None], ys, jnp.zeros_like(ys))
         return carry, ys
+
+
+def _as_dtype_of(value, spec):
+    """``value`` in ``spec``'s dtype where a step changes it (a Python scalar stays weak)."""
+    if getattr(spec, "weak_type", False) or jnp.result_type(value) == spec.dtype:
+        return value
+    return jnp.asarray(value, spec.dtype)
 
 
 def closed_loop(
@@ -328,6 +338,21 @@ def closed_loop(
         [2.0, 4.0, 8.0, 16.0]
     """
     horizon = _checks.positive_int("horizon", horizon, "closed_loop")
+    # The loop carries what the model computes: a bfloat16 context (and the window or state
+    # it left) read by float32 params goes on in float32. Cast until a step keeps the types
+    # (a window joins the carry with x, so its dtype settles one step after x's).
+    x = jnp.asarray(x)
+    for _ in range(3):
+        new_carry, prediction = jax.eval_shape(step_fn, params, carry, x)
+        if prediction.shape != x.shape:
+            raise ValueError(
+                f"closed_loop: step_fn must predict a value shaped like its input x, {x.shape}, "
+                f"to feed it back; got {prediction.shape}"
+            )
+        before = jax.tree.map(jnp.result_type, (carry, x))
+        (carry, x) = jax.tree.map(_as_dtype_of, (carry, x), (new_carry, prediction))
+        if jax.tree.map(jnp.result_type, (carry, x)) == before:
+            break
 
     def body(state, _):
         carry, x = state
@@ -371,9 +396,10 @@ def forecast(model, params: PyTree, context: Array, horizon: int, carry: PyTree 
     context = _series("context", context, "forecast")
     need = getattr(model, "order", 1) if carry is None else 1
     if context.shape[0] < need:
+        why = "the model's window, when no carry is given" if carry is None else "the last value"
         raise ValueError(
-            f"forecast: context must hold at least {need} steps (the model's window) "
-            f"when no carry is given; got {context.shape[0]} steps (shape {context.shape})"
+            f"forecast: context must hold at least {need} steps ({why}); got "
+            f"{context.shape[0]} steps (shape {context.shape})"
         )
     carry, _ = model(params, context[:-1], carry)
     return closed_loop(model.step, params, carry, context[-1], horizon)[1]
@@ -398,11 +424,12 @@ def one_step_loss(
         ``[]``: mean over counted steps and series of the squared error summed over ``F``.
     """
     xs = _series("xs", xs, "one_step_loss")
-    if not isinstance(skip, int) or not 0 <= skip < xs.shape[0] - 1:
+    if not _checks.is_int(skip) or not 0 <= skip < xs.shape[0] - 1:
         raise ValueError(
             f"one_step_loss: skip must be an int in [0, T - 1) = [0, {xs.shape[0] - 1}); "
             f"got {skip!r}"
         )
+    skip = int(skip)
     _, ys = model(params, xs[:-1])
     if lengths is not None:
         lengths = _checks.lengths_array(lengths, xs.shape[1:-1], xs.shape[0], "one_step_loss")

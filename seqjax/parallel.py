@@ -36,6 +36,7 @@ gradients of the sequential scan; forward-mode differentiation is not supported.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -114,7 +115,9 @@ def unroll_parallel(
 
     Returns:
         ``(carry, ys)``: the final carry (leaves ``[*B, H]``) and outputs ``[T, *B, H]`` in the
-        layout of ``xs``, equal to :func:`seqjax.unroll`'s up to rounding (and to ``tol``).
+        layout of ``xs``: :func:`seqjax.unroll`'s up to rounding when the iteration converged
+        (``tol`` bounds each step's residual; on a chaotic cell the trajectory's error can be
+        that residual amplified through the steps after it), or the sequential fallback.
 
     Raises:
         TypeError: ``xs`` is not floating, ``lengths`` not integer or ``resets`` not bool.
@@ -184,7 +187,7 @@ def unroll_parallel_with_info(
         raise ValueError(f"{where}: damping must be >= 0; got {damping!r}")
     if tol is not None and not tol > 0:
         raise ValueError(f"{where}: tol must be > 0 (or None for the dtype's default); got {tol!r}")
-    if max_iters is not None and (not isinstance(max_iters, int) or max_iters < 0):
+    if max_iters is not None and (not _checks.is_int(max_iters) or max_iters < 0):
         raise ValueError(f"{where}: max_iters must be a non-negative int; got {max_iters!r}")
     if method == "associative" and not hasattr(cell, "coefficients"):
         raise ValueError(
@@ -206,8 +209,7 @@ def unroll_parallel_with_info(
     valid = None
     if lengths is not None:
         lengths = _checks.lengths_array(lengths, batch_shape, num_steps, where)
-        steps = jnp.arange(num_steps, dtype=lengths.dtype).reshape(-1, *[1] * len(batch_shape))
-        valid = steps < lengths[None]  # [T, *B]
+        valid = _checks.valid_steps(lengths, num_steps)  # [T, *B]
     if resets is not None:
         resets = _checks.resets_array(resets, xs.shape[:-1], axis, where)
     fresh = cell.init_carry(batch_shape, jax.tree.leaves(carry)[0].dtype)
@@ -228,7 +230,8 @@ def unroll_parallel_with_info(
         if max_iters is None:
             max_iters = _DEFAULT_MAX_ITERS[method]
         config = _Newton(
-            cell=cell, layout=_Layout.of(carry, len(batch_shape)), dense=method == "deer",
+            cell=cell, layout=_Layout.of(carry, len(batch_shape)), batch_shape=tuple(batch_shape),
+            dense=method == "deer",
             reverse=reverse, tol=float(tol), max_iters=max_iters, damping=float(damping),
             fallback=fallback, adjoint=adjoint,
         )  # fmt: skip
@@ -238,7 +241,8 @@ def unroll_parallel_with_info(
     prev = _shift(states, carry, reverse)  # the carry entering each step
     if resets is not None:
         prev = _select(resets, jax.tree.map(lambda f: f[None], fresh), prev)
-    _, ys = cell.step(params, prev, px)  # every step at once: batch dims [T, *B]
+    # Every step at once, each on the batch [*B]: a cell may draw noise per row (zoneout).
+    _, ys = jax.vmap(lambda c, p: cell.step(params, c, p))(prev, px)
     if valid is not None:
         ys = jnp.where(valid[..., None], ys, jnp.zeros_like(ys))
     return final, jnp.moveaxis(ys, 0, axis), info
@@ -373,19 +377,28 @@ def jacobian_diagonal(cell: Cell, params: PyTree, carry: PyTree, px: Array) -> P
     own = getattr(cell, "jacobian_diagonal", None)
     if own is not None:
         return own(params, carry, px)
-    batch_ndim = jax.tree.leaves(carry)[0].ndim - 1
-    layout = _Layout.of(carry, batch_ndim)
+    layout = _Layout.of(carry, jax.tree.leaves(carry)[0].ndim - 1)
     s = layout.flatten(carry)
-    batch_shape = s.shape[:-1]
-    flat_s = s.reshape(-1, s.shape[-1])
-    flat_px = px.reshape(-1, px.shape[-1])
+    dense = _row_jacobians(
+        lambda s: layout.flatten(cell.step(params, layout.unflatten(s), px)[0]), s
+    )
+    return layout.unflatten(jnp.diagonal(dense, axis1=-2, axis2=-1))
 
-    def f(s_one, px_one):
-        return layout.flatten(cell.step(params, layout.unflatten(s_one), px_one)[0])
 
-    dense = jax.vmap(jax.jacfwd(f))(flat_s, flat_px)
-    diag = jnp.diagonal(dense, axis1=-2, axis2=-1).reshape(*batch_shape, -1)
-    return layout.unflatten(diag)
+def _row_jacobians(f: Callable[[Array], Array], s: Array) -> Array:
+    """``[..., D, D]``: the Jacobian of each row of ``f(s)`` with respect to the same row of ``s``.
+
+    ``f`` maps ``[..., D]`` to ``[..., D]`` row by row (a step of a batch), so one
+    forward-mode product per state coordinate, applied to every row at once, gives a column of
+    every row's Jacobian. ``f`` sees the whole batch, as a step does in the scan: a cell may draw
+    noise per row, which one row at a time would not reproduce.
+    """
+
+    def column(e):
+        return jax.jvp(f, (s,), (jnp.broadcast_to(e, s.shape),))[1]
+
+    columns = jax.vmap(column)(jnp.eye(s.shape[-1], dtype=s.dtype))  # [D (j), ..., D (i)]
+    return jnp.moveaxis(columns, 0, -1)
 
 
 # --------------------------------------------------------------------------- Newton (DEER)
@@ -433,6 +446,7 @@ class _Newton:
 
     cell: Any
     layout: _Layout
+    batch_shape: tuple[int, ...]  # the cell's batch [*B], flattened to N rows by the solver
     dense: bool
     reverse: bool
     tol: float
@@ -444,9 +458,22 @@ class _Newton:
     def fresh(self, batch: int, dtype) -> Array:
         return self.layout.flatten(self.cell.init_carry((batch,), dtype))
 
+    def on_batch(self, fn, s: Array, px: Array) -> Array:
+        """``fn(carry, px) -> carry`` on state vectors ``[N, D]`` or ``[T, N, D]``, the cell
+        called on its own batch ``[*B]`` (once per step under ``vmap``): a cell may draw noise
+        per row of ``[*B]`` (zoneout) or hold per-row masks in its params (dropout)."""
+
+        def one(s, px):
+            rows = s.shape[0]
+            s, px = s.reshape(*self.batch_shape, -1), px.reshape(*self.batch_shape, -1)
+            out = self.layout.flatten(fn(self.layout.unflatten(s), px))
+            return out.reshape(rows, -1)
+
+        return jax.vmap(one)(s, px) if s.ndim == 3 else one(s, px)
+
     def step(self, params, s_in: Array, px: Array) -> Array:
-        """``step`` on state vectors, any leading dims ``[..., D]``."""
-        return self.layout.flatten(self.cell.step(params, self.layout.unflatten(s_in), px)[0])
+        """``step`` on state vectors ``[N, D]`` or ``[T, N, D]``."""
+        return self.on_batch(lambda c, p: self.cell.step(params, c, p)[0], s_in, px)
 
     def effective(self, params, s_prev, px, valid, reset):
         """The step as the scan sees it: a reset enters the fresh state, a padded step no-ops."""
@@ -456,10 +483,7 @@ class _Newton:
 
     def dense_jacobian(self, params, s_prev, px, valid, reset) -> Array:
         """``[T, N, D, D]``: exact Jacobians of the effective step w.r.t. the entering state."""
-        jac = jax.jacfwd(self.effective, argnums=1)
-        for _ in range(2):
-            jac = jax.vmap(jac, in_axes=(None, 0, 0, 0, 0))
-        return jac(params, s_prev, px, valid, reset)
+        return _row_jacobians(lambda s: self.effective(params, s, px, valid, reset), s_prev)
 
 
 def _newton(config: _Newton, params, px, carry, valid, resets):
@@ -494,9 +518,8 @@ def _linearise(config: _Newton, params, px, s, h0, valid, reset):
             valid_only, jac / (1.0 + config.damping), jnp.where(mask_v[..., None], 0, eye)
         )
     else:
-        layout = config.layout
-        diag = layout.flatten(
-            jacobian_diagonal(config.cell, params, layout.unflatten(s_in), px)
+        diag = config.on_batch(
+            lambda c, p: jacobian_diagonal(config.cell, params, c, p), s_in, px
         ).astype(s.dtype)
         diag = jnp.clip(diag, -1.0, 1.0) / (1.0 + config.damping)
         diag = jnp.where(reset[..., None], jnp.zeros_like(diag), diag)

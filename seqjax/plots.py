@@ -5,10 +5,14 @@ Every function writes a PNG and returns its path; nothing here is imported by th
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+
+from seqjax import _checks
 
 
 def _pyplot():
@@ -24,6 +28,35 @@ def _pyplot():
     return plt
 
 
+@contextlib.contextmanager
+def _figure(*args, **kwargs):
+    """``(fig, axes)`` of a new figure, closed on the way out, also when drawing fails."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+    finally:
+        plt.close(fig)
+
+
+def _save(fig, path: str | os.PathLike, **options) -> str:
+    """Write ``fig`` to a temporary file beside ``path``, then rename it there: a failed
+    write leaves a file already at ``path`` as it was."""
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(
+        prefix=f".{name}.", suffix=os.path.splitext(name)[1], dir=folder
+    )
+    os.close(fd)
+    try:
+        fig.savefig(temporary, dpi=120, **options)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return path
+
+
 def plot_gradient_flow(
     norms: Mapping[str, Sequence[float]], path: str | os.PathLike, *, title: str = ""
 ) -> str:
@@ -35,21 +68,24 @@ def plot_gradient_flow(
             at the last step, so the lines show how fast the gradient decays or grows.
         path: where to write the PNG.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, values in norms.items():
-        values = np.asarray(values, np.float64)
-        distance = np.arange(len(values))[::-1]
-        ax.semilogy(distance, values / max(values[-1], 1e-300), label=label, linewidth=1.8)
-    ax.set_xlabel("distance from the loss (steps back in time)")
-    ax.set_ylabel(r"$\|\partial L / \partial h_t\|$ relative to the last step")
-    ax.set_title(title or "Gradient flow through time")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return os.fspath(path)
+    curves = {label: np.asarray(values, np.float64) for label, values in norms.items()}
+    for label, values in curves.items():
+        if values.ndim != 1 or not values.size:
+            raise ValueError(
+                f"plot_gradient_flow: norms[{label!r}] must be a non-empty [T] sequence; got "
+                f"shape {values.shape}"
+            )
+    with _figure(figsize=(7, 4.2)) as (fig, ax):
+        for label, values in curves.items():
+            distance = np.arange(len(values))[::-1]
+            ax.semilogy(distance, values / max(values[-1], 1e-300), label=label, linewidth=1.8)
+        ax.set_xlabel("distance from the loss (steps back in time)")
+        ax.set_ylabel(r"$\|\partial L / \partial h_t\|$ relative to the last step")
+        ax.set_title(title or "Gradient flow through time")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        return _save(fig, path)
 
 
 def _char_label(c: str) -> str:
@@ -82,11 +118,24 @@ def plot_hidden_states(
             ``[-1, 1]`` (tanh units), else the largest absolute value shown.
         title: the figure's title.
     """
-    plt = _pyplot()
+    where = "plot_hidden_states"
     states = np.asarray(states, np.float64)
-    if states.ndim != 2:
-        raise ValueError(f"plot_hidden_states: states must be [T, H]; got shape {states.shape}")
-    index = np.arange(min(units, states.shape[1])) if isinstance(units, int) else np.asarray(units)
+    if states.ndim != 2 or not states.size:
+        raise ValueError(f"{where}: states must be [T, H] with T, H >= 1; got shape {states.shape}")
+    if _checks.is_int(units):
+        index = np.arange(min(_checks.positive_int("units", units, where), states.shape[1]))
+    else:
+        index = np.asarray(units)
+        if index.ndim != 1 or not index.size or not np.issubdtype(index.dtype, np.integer):
+            raise ValueError(
+                f"{where}: units must be a positive int or unit indices; got {units!r}"
+            )
+        if index.min() < -states.shape[1] or index.max() >= states.shape[1]:
+            raise ValueError(
+                f"{where}: units must index the H = {states.shape[1]} units; got {units!r}"
+            )
+    if wrap is not None:
+        wrap = _checks.positive_int("wrap", wrap, where)
     states = states[:, index]
     if unit_labels is None:
         unit_labels = [str(i) for i in index]
@@ -108,34 +157,35 @@ def plot_hidden_states(
     row_height = 0.12 if len(index) > 16 else 0.22
     width = max(6.0, 0.16 * wrap + 1.5 + 0.06 * max(len(u) for u in unit_labels))
     panel_height = row_height * len(index) + 0.5
-    fig, axes = plt.subplots(panels, 1, figsize=(width, panel_height * panels + 1.3), squeeze=False)
-    for p, ax in enumerate(axes[:, 0]):
-        lo, hi = p * wrap, min((p + 1) * wrap, steps)
-        image = ax.imshow(
-            states[lo:hi].T,
-            aspect="auto",
-            cmap="RdBu_r",
-            vmin=-vmax,
-            vmax=vmax,
-            interpolation="nearest",
-            extent=(lo - 0.5, lo + wrap - 0.5, len(index) - 0.5, -0.5),
-        )
-        ax.set_xlim(lo - 0.5, lo + wrap - 0.5)
-        ax.set_yticks(range(len(index)))
-        ax.set_yticklabels(unit_labels, fontsize=7 if len(index) > 16 else 8)
-        if labels is not None:
-            ax.set_xticks(range(lo, hi))
-            ax.set_xticklabels(
-                [_char_label(c) for c in labels[lo:hi]], fontsize=8, family="monospace"
+    with _figure(panels, 1, figsize=(width, panel_height * panels + 1.3), squeeze=False) as (
+        fig,
+        axes,
+    ):
+        for p, ax in enumerate(axes[:, 0]):
+            lo, hi = p * wrap, min((p + 1) * wrap, steps)
+            image = ax.imshow(
+                states[lo:hi].T,
+                aspect="auto",
+                cmap="RdBu_r",
+                vmin=-vmax,
+                vmax=vmax,
+                interpolation="nearest",
+                extent=(lo - 0.5, hi - 0.5, len(index) - 0.5, -0.5),  # a last, shorter panel too
             )
-            ax.tick_params(axis="x", length=0, pad=2)
-        ax.set_ylabel("hidden unit")
-    axes[-1, 0].set_xlabel("input read at each step" if labels is not None else "time step")
-    axes[0, 0].set_title(title or "Hidden-state activity")
-    fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="activation")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return os.fspath(path)
+            ax.set_xlim(lo - 0.5, lo + wrap - 0.5)
+            ax.set_yticks(range(len(index)))
+            ax.set_yticklabels(unit_labels, fontsize=7 if len(index) > 16 else 8)
+            if labels is not None:
+                ax.set_xticks(range(lo, hi))
+                ax.set_xticklabels(
+                    [_char_label(c) for c in labels[lo:hi]], fontsize=8, family="monospace"
+                )
+                ax.tick_params(axis="x", length=0, pad=2)
+            ax.set_ylabel("hidden unit")
+        axes[-1, 0].set_xlabel("input read at each step" if labels is not None else "time step")
+        axes[0, 0].set_title(title or "Hidden-state activity")
+        fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, pad=0.01, label="activation")
+        return _save(fig, path, bbox_inches="tight")
 
 
 def plot_forecasts(
@@ -165,62 +215,60 @@ def plot_forecasts(
     plt = _pyplot()
     truth = np.asarray(truth, np.float64)
     panels = 2 if errors else 1
-    fig, axes = plt.subplots(
+    with _figure(
         1,
         panels,
         figsize=(7.5 + 4.5 * (panels - 1), 4.2),
         squeeze=False,
         gridspec_kw={"width_ratios": [1.6, 1][:panels]},
-    )
-    ax = axes[0, 0]
-    ahead = start + np.arange(len(truth))
-    if context is not None:
-        context = np.asarray(context, np.float64)
-        ax.plot(
-            start - len(context) + np.arange(len(context)),
-            context,
-            color="0.6",
-            linewidth=1.5,
-            label="context (observed)",
-        )
-    ax.plot(ahead, truth, color="black", linewidth=3.2, alpha=0.8, label="truth")
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (label, values) in enumerate(forecasts.items()):
-        ax.plot(
-            ahead,
-            np.asarray(values, np.float64),
-            linewidth=1.4,
-            label=label,
-            color=colours[k % len(colours)],
-            linestyle="--" if k % 2 else "-",
-        )
-    ax.axvline(start - 0.5, color="0.3", linestyle=":", linewidth=1)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or "Closed-loop forecasts", fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    if errors:
-        ax = axes[0, 1]
-        for k, (label, values) in enumerate(errors.items()):
-            values = np.asarray(values, np.float64)
+    ) as (fig, axes):
+        ax = axes[0, 0]
+        ahead = start + np.arange(len(truth))
+        if context is not None:
+            context = np.asarray(context, np.float64)
             ax.plot(
-                np.arange(1, len(values) + 1),
-                values,
+                start - len(context) + np.arange(len(context)),
+                context,
+                color="0.6",
+                linewidth=1.5,
+                label="context (observed)",
+            )
+        ax.plot(ahead, truth, color="black", linewidth=3.2, alpha=0.8, label="truth")
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for k, (label, values) in enumerate(forecasts.items()):
+            ax.plot(
+                ahead,
+                np.asarray(values, np.float64),
                 linewidth=1.4,
                 label=label,
                 color=colours[k % len(colours)],
                 linestyle="--" if k % 2 else "-",
             )
-        ax.set_xlabel("steps ahead")
-        ax.set_ylabel("NRMSE over all origins")
-        ax.set_title("Error against horizon", fontsize=10)
+        ax.axvline(start - 0.5, color="0.3", linestyle=":", linewidth=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title or "Closed-loop forecasts", fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return os.fspath(path)
+        ax.legend(fontsize=7, loc="best")
+        if errors:
+            ax = axes[0, 1]
+            for k, (label, values) in enumerate(errors.items()):
+                values = np.asarray(values, np.float64)
+                ax.plot(
+                    np.arange(1, len(values) + 1),
+                    values,
+                    linewidth=1.4,
+                    label=label,
+                    color=colours[k % len(colours)],
+                    linestyle="--" if k % 2 else "-",
+                )
+            ax.set_xlabel("steps ahead")
+            ax.set_ylabel("NRMSE over all origins")
+            ax.set_title("Error against horizon", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        return _save(fig, path)
 
 
 def plot_jacobian_spectrum(
@@ -244,38 +292,36 @@ def plot_jacobian_spectrum(
         title: the figure's title.
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, (label, summary) in enumerate(summaries.items()):
-        colour = colours[k % len(colours)]
-        radius = np.asarray(summary["spectral_radius"], np.float64)
-        singular = np.asarray(summary["singular_values"], np.float64)
-        product = np.asarray(summary["product_norm"], np.float64)
-        steps = np.arange(len(radius))
-        axes[0].plot(steps, radius, color=colour, linewidth=1.4, label=label)
-        # Dead or saturated units give singular values of 0 (to rounding): clipped at 1e-3.
-        top, median = singular[:, 0], np.median(singular, axis=1)
-        axes[1].semilogy(steps, np.maximum(top, 1e-3), color=colour, linewidth=1.4, label=label)
-        axes[1].semilogy(steps, np.maximum(median, 1e-3), color=colour, linewidth=1.1, ls="--")
-        distance = len(product) - 1 - steps
-        # float32 products underflow to 0 within tens of steps for contracting cells.
-        axes[2].semilogy(
-            distance, np.maximum(product, 1e-30), color=colour, linewidth=1.4, label=label
-        )
-    axes[0].axhline(1.0, color="0.3", linestyle=":", linewidth=1)
-    axes[0].set_ylabel(r"spectral radius of $J_t = \partial h_t / \partial h_{t-1}$")
-    axes[1].axhline(1.0, color="0.3", linestyle=":", linewidth=1)
-    axes[1].set_ylabel(r"singular values of $J_t$ (clipped at $10^{-3}$)")
-    axes[1].set_title("solid: largest, dashed: median", fontsize=9)
-    for ax in axes[:2]:
-        ax.set_xlabel("time step t")
-    axes[2].set_xlabel("distance T - t (steps back from the last state)")
-    axes[2].set_ylabel(r"$\|\partial h_T / \partial h_t\|_2$ (clipped at $10^{-30}$)")
-    for ax in axes:
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title or "Recurrent Jacobian along a trajectory")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return os.fspath(path)
+    with _figure(1, 3, figsize=(14, 4.2)) as (fig, axes):
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for k, (label, summary) in enumerate(summaries.items()):
+            colour = colours[k % len(colours)]
+            radius = np.asarray(summary["spectral_radius"], np.float64)
+            singular = np.asarray(summary["singular_values"], np.float64)
+            product = np.asarray(summary["product_norm"], np.float64)
+            steps = np.arange(len(radius))
+            axes[0].plot(steps, radius, color=colour, linewidth=1.4, label=label)
+            # Dead or saturated units give singular values of 0 (to rounding): clipped at 1e-3.
+            top, median = singular[:, 0], np.median(singular, axis=1)
+            axes[1].semilogy(steps, np.maximum(top, 1e-3), color=colour, linewidth=1.4, label=label)
+            axes[1].semilogy(steps, np.maximum(median, 1e-3), color=colour, linewidth=1.1, ls="--")
+            distance = len(product) - 1 - steps
+            # float32 products underflow to 0 within tens of steps for contracting cells.
+            axes[2].semilogy(
+                distance, np.maximum(product, 1e-30), color=colour, linewidth=1.4, label=label
+            )
+        axes[0].axhline(1.0, color="0.3", linestyle=":", linewidth=1)
+        axes[0].set_ylabel(r"spectral radius of $J_t = \partial h_t / \partial h_{t-1}$")
+        axes[1].axhline(1.0, color="0.3", linestyle=":", linewidth=1)
+        axes[1].set_ylabel(r"singular values of $J_t$ (clipped at $10^{-3}$)")
+        axes[1].set_title("solid: largest, dashed: median", fontsize=9)
+        for ax in axes[:2]:
+            ax.set_xlabel("time step t")
+        axes[2].set_xlabel("distance T - t (steps back from the last state)")
+        axes[2].set_ylabel(r"$\|\partial h_T / \partial h_t\|_2$ (clipped at $10^{-30}$)")
+        for ax in axes:
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(title or "Recurrent Jacobian along a trajectory")
+        fig.tight_layout()
+        return _save(fig, path)

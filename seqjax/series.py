@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from seqjax import _checks
+
 
 def _positive(name: str, value, where: str, *, integer: bool = False) -> None:
     kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
@@ -88,10 +90,10 @@ def mackey_glass(
     _positive("num_steps", num_steps, where, integer=True)
     _positive("substeps", substeps, where, integer=True)
     _positive("sample_step", sample_step, where)
-    if isinstance(discard, bool) or not isinstance(discard, int | np.integer) or discard < 0:
+    if not _checks.is_int(discard) or discard < 0:
         raise ValueError(f"{where}: discard must be an int >= 0; got {discard!r}")
-    if not tau > 0:
-        raise ValueError(f"{where}: tau must be > 0; got {tau!r}")
+    if not (tau > 0 and math.isfinite(tau)):
+        raise ValueError(f"{where}: tau must be a finite number > 0; got {tau!r}")
     dt = sample_step / substeps
     delay = round(tau / dt)
     if delay < 1 or not math.isclose(delay * dt, tau, rel_tol=1e-9, abs_tol=1e-12):
@@ -164,9 +166,9 @@ def lorenz(
     _positive("num_steps", num_steps, where, integer=True)
     _positive("substeps", substeps, where, integer=True)
     _positive("sample_step", sample_step, where)
-    if isinstance(discard, bool) or not isinstance(discard, int | np.integer) or discard < 0:
+    if not _checks.is_int(discard) or discard < 0:
         raise ValueError(f"{where}: discard must be an int >= 0; got {discard!r}")
-    if len(x0) != 3:
+    if np.shape(x0) != (3,):
         raise ValueError(f"{where}: x0 must hold 3 numbers (x, y, z); got {x0!r}")
     dt = sample_step / substeps
     s, r, bt = float(sigma), float(rho), float(beta)

@@ -155,6 +155,33 @@ def test_forecast_rejects_a_context_shorter_than_the_window(key):
         model.predict(model.init(key), jnp.zeros((4, 2), jnp.float32))
 
 
+@pytest.mark.parametrize("name", ["mlp-ar", "lstm"])
+def test_a_context_in_another_dtype_forecasts_in_the_params_dtype(name, key):
+    # The closed loop feeds back predictions in the params' dtype; a bfloat16 context (and
+    # the window or state it leaves) used to clash with them inside lax.scan.
+    model = MODELS[name]
+    params = model.init(key)
+    context = jnp.sin(jnp.arange(12.0, dtype=jnp.float32))[:, None] * jnp.ones((1, 2), jnp.float32)
+    low = context.astype(jnp.bfloat16)
+    with jax.numpy_dtype_promotion("standard"):  # the model reads bfloat16 with float32 params
+        got = forecast(model, params, low, 4)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, forecast(model, params, low.astype(jnp.float32), 4))
+
+
+def test_forecast_arguments_are_named(key):
+    model = MODELS["mlp-ar"]
+    params = model.init(key)
+    with pytest.raises(ValueError, match=r"ARModel: xs must have F = 2 features.*\(10, 3\)"):
+        model(params, jnp.ones((10, 3), jnp.float32))
+    with pytest.raises(ValueError, match=r"at least 1 steps \(the last value\)"):
+        forecast(model, params, jnp.zeros((0, 2), jnp.float32), 2, carry=model.init_carry())
+    with pytest.raises(ValueError, match="step_fn must predict a value shaped like its input"):
+        closed_loop(lambda p, c, x: (c, x[:1]), None, (), jnp.ones((2,), jnp.float32), 3)
+    xs = jax.random.normal(key, (8, 2), jnp.float32)
+    assert one_step_loss(model, params, xs, skip=np.int64(2)).shape == ()  # NumPy ints are ints
+
+
 def test_latent_ar_lengths_mask_outputs_and_carry(key):
     model = MODELS["lstm"]
     params = model.init(key)

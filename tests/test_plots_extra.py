@@ -52,6 +52,11 @@ def test_unit_correlations_equal_numpy_corrcoef():
         np.testing.assert_allclose(got[h, 0], want, rtol=1e-4, atol=1e-5)
     assert got[2, 0] > 0.9
     np.testing.assert_array_equal(got[:, 1], 0.0)  # a constant feature correlates with nothing
+    # Two constants whose means round: their residues correlated to 1.0000001.
+    both = unit_correlations(
+        jnp.full((7, 1), 0.1, jnp.float32), jnp.full((7, 1), 123.456, jnp.float32)
+    )
+    np.testing.assert_array_equal(both, 0.0)
     with pytest.raises(ValueError, match="same T"):
         unit_correlations(jnp.zeros((5, 2), jnp.float32), jnp.zeros((4, 1), jnp.float32))
 
@@ -76,6 +81,48 @@ def test_plot_hidden_states_selects_units_and_wraps(tmp_path):
     with pytest.raises(ValueError, match="one label per step"):
         plot_hidden_states(states, tmp_path / "x.png", labels=["a"])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_wrapped_panel_draws_each_step_in_its_column(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from seqjax import plots
+
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, **_: saved.append(fig) or str(path))
+    plots.plot_hidden_states(np.ones((10, 2)), tmp_path / "w.png", wrap=4)
+    panels = [ax for ax in saved[0].axes if ax.images]
+    # The last panel holds steps 8 and 9: its image spans their columns, not 4 of them.
+    assert [list(ax.images[0].get_extent()[:2]) for ax in panels] == [
+        [-0.5, 3.5],
+        [3.5, 7.5],
+        [7.5, 9.5],
+    ]
+
+
+def test_a_failed_plot_leaves_no_figure_open_and_no_file_changed(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from seqjax import plots
+
+    path = tmp_path / "flow.xyz"
+    path.write_bytes(b"an older picture")
+    open_before = plt.get_fignums()
+    with pytest.raises(ValueError, match="xyz"):  # matplotlib knows no format "xyz"
+        plots.plot_gradient_flow({"a": [3.0, 2.0, 1.0]}, path)
+    assert plt.get_fignums() == open_before
+    assert path.read_bytes() == b"an older picture" and sorted(tmp_path.iterdir()) == [path]
+    for bad, words in [
+        (dict(units=0), "units must be a positive int"),
+        (dict(units=[0, 9]), "units must index the H = 3 units"),
+        (dict(wrap=-2), "wrap must be a positive int"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            plots.plot_hidden_states(np.ones((5, 3)), tmp_path / "s.png", **bad)
+    with pytest.raises(ValueError, match="states must be .T, H. with T, H >= 1"):
+        plots.plot_hidden_states(np.ones((0, 3)), tmp_path / "s.png")
+    with pytest.raises(ValueError, match=r"norms\['a'\] must be a non-empty \[T\]"):
+        plots.plot_gradient_flow({"a": []}, tmp_path / "g.png")
+    assert plots.plot_hidden_states(np.ones((5, 3)), tmp_path / "s.png", units=np.int64(2))
+    assert plt.get_fignums() == open_before
 
 
 def test_plot_forecasts_and_jacobian_spectrum_write_pngs(tmp_path):

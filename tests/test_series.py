@@ -57,7 +57,8 @@ def test_mackey_glass_matches_reservoirpy_attractor():
     [
         ({"num_steps": 0}, "num_steps must be a positive int"),
         ({"num_steps": 5, "tau": 17.05}, "tau must be a whole number"),
-        ({"num_steps": 5, "tau": 0.0}, "tau must be > 0"),
+        ({"num_steps": 5, "tau": 0.0}, "tau must be a finite number > 0"),
+        ({"num_steps": 5, "tau": float("inf")}, "tau must be a finite number > 0"),
         ({"num_steps": 5, "discard": -1}, "discard must be an int >= 0"),
         ({"num_steps": 5, "substeps": 0}, "substeps must be a positive int"),
     ],
@@ -65,6 +66,11 @@ def test_mackey_glass_matches_reservoirpy_attractor():
 def test_mackey_glass_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         mackey_glass(**kwargs)
+
+
+def test_lorenz_names_a_bad_start():
+    with pytest.raises(ValueError, match=r"x0 must hold 3 numbers \(x, y, z\); got 5.0"):
+        lorenz(5, x0=5.0)
 
 
 def test_lorenz_matches_a_tight_scipy_solution():
