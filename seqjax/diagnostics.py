@@ -29,6 +29,19 @@ def _flat(carry) -> Array:
     return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(carry)])
 
 
+def _inputs(cell: Cell, xs, carry, where: str) -> tuple[Array, PyTree]:
+    """``xs`` ``[T, *B, I]`` and the carry (zeros when None), checked against ``cell``."""
+    xs = _checks.floating_array("xs", xs, where)
+    if xs.ndim < 2:
+        raise ValueError(f"{where}: xs must be [T, *B, I]; got shape {xs.shape}")
+    _checks.feature_size("xs", xs.shape, cell.input_size, where)
+    expected = cell.init_carry(xs.shape[1:-1], xs.dtype)
+    if carry is None:
+        return xs, expected
+    _checks.carry_matches(carry, expected, where)
+    return xs, carry
+
+
 def carry_gradients(
     cell: Cell,
     params: PyTree,
@@ -62,10 +75,7 @@ def carry_gradients(
         >>> norms.shape, bool(norms[-1] > 0)
         ((20,), True)
     """
-    xs = _checks.floating_array("xs", xs, "carry_gradients")
-    _checks.feature_size("xs", xs.shape, cell.input_size, "carry_gradients")
-    if carry is None:
-        carry = cell.init_carry(xs.shape[1:-1], xs.dtype)
+    xs, carry = _inputs(cell, xs, carry, "carry_gradients")
     zeros = jax.tree.map(lambda a: jnp.zeros((xs.shape[0], *a.shape), a.dtype), carry)
 
     def loss_of_perturbations(eps):
@@ -109,12 +119,7 @@ def carry_trajectory(cell: Cell, params: PyTree, xs: Array, carry: PyTree | None
         >>> states.c.shape                                        # [T, H]
         (5, 8)
     """
-    xs = _checks.floating_array("xs", xs, "carry_trajectory")
-    if xs.ndim < 2:
-        raise ValueError(f"carry_trajectory: xs must be [T, *B, I]; got shape {xs.shape}")
-    _checks.feature_size("xs", xs.shape, cell.input_size, "carry_trajectory")
-    if carry is None:
-        carry = cell.init_carry(xs.shape[1:-1], xs.dtype)
+    xs, carry = _inputs(cell, xs, carry, "carry_trajectory")
 
     def body(c, x):
         c, _ = cell.apply(params, c, x)
@@ -213,6 +218,12 @@ def jacobian_summary(jacobians: Array) -> dict[str, Array]:
         >>> summary["product_norm"].tolist()
         [0.25, 0.5, 1.0]
     """
+    jacobians = _checks.floating_array("jacobians", jacobians, "jacobian_summary")
+    if jacobians.ndim != 3 or jacobians.shape[1] != jacobians.shape[2]:
+        raise ValueError(
+            f"jacobian_summary: jacobians must be [T, S, S] (from state_jacobians); got shape "
+            f"{jacobians.shape}"
+        )
 
     def accumulate(product, jacobian):
         return product @ jacobian, product

@@ -90,3 +90,16 @@ def test_a_contracting_elman_cell_loses_its_gradient_with_distance(key):
     assert norms.shape == (20,)
     assert bool(jnp.all(norms[:-1] <= 0.5 * norms[1:] * (1 + 1e-5)))
     assert float(norms[0]) < 1e-5 * float(norms[-1])
+
+
+def test_diagnostics_name_bad_inputs():
+    import pytest
+
+    cell = ElmanCell(2, 3)
+    params = cell.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"carry_gradients: xs must be \[T, \*B, I\]"):
+        carry_gradients(cell, params, jnp.ones((5,), jnp.float32), jnp.sum)
+    with pytest.raises(ValueError, match="carry_gradients: carry leaves must have shape"):
+        carry_gradients(cell, params, jnp.ones((5, 4, 2), jnp.float32), jnp.sum, jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"jacobian_summary: jacobians must be \[T, S, S\]"):
+        jacobian_summary(jnp.ones((4, 3, 2), jnp.float32))
