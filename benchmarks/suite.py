@@ -107,6 +107,7 @@ def run_configs(args, rec: h.Recorder, configs, experiment: str) -> None:
     """Time every selected peer on each ``(B, T, I, H)`` of ``configs``; rows into ``rec``."""
     names = ["seqjax", *(p for p in (args.peers or _peers.PEERS) if p != "seqjax")]
     key = jax.random.key(0)
+    compiled_again = []  # sweep-T: (contenders, recorded rows), compiled again at the end
     for b, t, i, hid in configs:
         cfg = config_name(b, t, i, hid)
         xs = jax.random.normal(jax.random.fold_in(key, 1), (t, b, i), jnp.float32)
@@ -130,39 +131,44 @@ def run_configs(args, rec: h.Recorder, configs, experiment: str) -> None:
                     cell, params, xs, mode, contenders, repeats=args.repeats,
                     warmup=args.warmup, min_sample_s=args.min_sample_ms / 1e3, log=print,
                 )  # fmt: skip
-                if experiment == "sweep-T":
-                    recompile(contenders, rows, args.compile_repeats)
                 base = rows[0].get("median_ms") if rows[0]["library"] == "seqjax" else None
                 for row in rows:
                     if base and "median_ms" in row:
                         row["ratio"] = row["median_ms"] / base
-                rec.add(
+                recorded = rec.add(
                     rows + skipped,
                     experiment=experiment, config=cfg, B=b, T=t, I=i, H=hid, dtype="float32",
                     layout="time_major", cell=name, mode=mode, tolerance=bench.tolerance(),
                 )  # fmt: skip
+                if experiment == "sweep-T":
+                    compiled_again.append((contenders, recorded))
                 # Device buffers of one group must not pile up across a long sweep.
                 jax.clear_caches()
+    recompile(compiled_again, args.compile_repeats)
 
 
-def recompile(contenders, rows: Sequence[dict], repeats: int) -> None:
-    """Compile each JAX contender ``repeats`` more times, caches cleared; median into ``rows``.
+def recompile(groups: Sequence[tuple], repeats: int) -> None:
+    """Compile every JAX contender of ``groups`` ``repeats - 1`` more times; median into its row.
 
-    One compile of a small scan takes ~0.1-0.5 s and varies by tens of percent from run to
-    run on a shared machine, which hides whether compile time grows with T; the median of
-    several compiles does not.
+    ``groups``: ``(contenders, rows)`` per timed group, here one per T. One compile of a small
+    scan takes ~0.1-0.5 s and varies by tens of percent from minute to minute on a shared
+    machine, which hides whether compile time grows with T. The compiles go round-robin over
+    the groups (caches cleared before each), so a slow minute falls on every T alike rather
+    than on whichever T was compiling then; the median of the samples is reported.
     """
-    by_library = {c.library: c for c in contenders}
-    for row in rows:
-        contender = by_library.get(row["library"])
-        if contender is None or row.get("compile_s") is None:
-            continue  # PyTorch (eager) or not timed
-        samples = [row["compile_s"]]
-        for _ in range(repeats - 1):
+    pending = []
+    for contenders, rows in groups:
+        by_library = {c.library: c for c in contenders}
+        for row in rows:
+            if by_library.get(row["library"]) and row.get("compile_s") is not None:
+                row["compile_samples_s"] = [row["compile_s"]]  # PyTorch (eager) has none
+                pending.append((by_library[row["library"]], row))
+    for _ in range(repeats - 1):
+        for contender, row in pending:
             jax.clear_caches()
-            samples.append(contender.prepare()[1]["compile_s"])
-        row["compile_samples_s"] = samples
-        row["compile_s"] = statistics.median(samples)
+            row["compile_samples_s"].append(contender.prepare()[1]["compile_s"])
+    for _, row in pending:
+        row["compile_s"] = statistics.median(row["compile_samples_s"])
 
 
 # --------------------------------------------------------------------------- tables
@@ -287,7 +293,8 @@ def summarize(rows: Sequence[dict], experiment: str) -> str:
             "## Linearity in T and compile time",
             "",
             "Linear cost: per-step time flat (ratio last/first near 1). Compile time: median of "
-            "`--compile-repeats` compiles per T (caches cleared). Flat compile: max/min "
+            "`--compile-repeats` compiles per T, taken round-robin over T (caches cleared). "
+            "Flat compile: max/min "
             "near 1 (target: within 1.2).",
             "",
             sweep_t_table(rows),
@@ -322,8 +329,12 @@ def plot(rows: Sequence[dict], path: Path, experiment: str, title: str) -> bool:
     libs = _libraries(timed)
     if experiment == "sweep-T":
         series = sorted({(r["cell"], r["mode"]) for r in timed})
+        # Colour by library, marker by cell, line by mode: 12 lines outrun the 10 default
+        # colours, which gave two unrelated lines the same one.
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        markers = dict(zip(sorted({cell for cell, _ in series}), "osD^v", strict=False))
         fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-        for lib in libs:
+        for k, lib in enumerate(libs):
             for cell, mode in series:
                 rs = sorted(
                     (r for r in timed if (r["library"], r["cell"], r["mode"]) == (lib, cell, mode)),
@@ -332,13 +343,15 @@ def plot(rows: Sequence[dict], path: Path, experiment: str, title: str) -> bool:
                 if not rs:
                     continue
                 label = f"{lib} {cell} {mode}"
-                style = "-" if mode == "fwd+bwd" else "--"
+                look = dict(
+                    linestyle="-" if mode == "fwd+bwd" else "--", marker=markers[cell],
+                    color=colours[k % len(colours)], label=label,
+                )  # fmt: skip
                 ts = [r["T"] for r in rs]
-                axes[0].plot(ts, [1e3 * r["median_ms"] / r["T"] for r in rs], style, marker="o",
-                             label=label)  # fmt: skip
+                axes[0].plot(ts, [1e3 * r["median_ms"] / r["T"] for r in rs], **look)
                 comp = [(r["T"], r["compile_s"]) for r in rs if r.get("compile_s") is not None]
                 if comp:
-                    axes[1].plot(*zip(*comp, strict=True), style, marker="o", label=label)
+                    axes[1].plot(*zip(*comp, strict=True), **look)
         axes[0].set(
             xscale="log", yscale="log", xlabel="sequence length T",
             ylabel="time per step (µs, median)", title="cost per step (flat = linear in T)",
@@ -350,7 +363,7 @@ def plot(rows: Sequence[dict], path: Path, experiment: str, title: str) -> bool:
         axes[1].set_ylim(bottom=0)
         for ax in axes:
             ax.grid(True, which="both", alpha=0.3)
-        axes[0].legend(fontsize=7)
+            ax.legend(fontsize=7)
     else:
         groups = list(_groups(timed))
         labels = sorted({(g[0], g[1]) for g in groups}, key=lambda g: groups.index((*g, modes[0]))
