@@ -20,14 +20,11 @@ def positive_int(name: str, value, where: str) -> int:
 
 
 def positive_number(name: str, value, where: str) -> float:
-    """``value`` as a float if it is a positive real number (not a bool)."""
-    try:
-        number = None if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = None
-    if number is None or not number > 0:
+    """``value`` as a float if it is a positive Python or NumPy real number (not a bool)."""
+    real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if not real or not value > 0:
         raise ValueError(f"{where}: {name} must be a positive number; got {value!r}")
-    return number
+    return float(value)
 
 
 def floating_array(name: str, x, where: str) -> jax.Array:

@@ -17,13 +17,6 @@ import numpy as np
 from seqjax import _checks
 
 
-def _positive(name: str, value, where: str, *, integer: bool = False) -> None:
-    kind = (int, np.integer) if integer else (int, float, np.integer, np.floating)
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0:
-        what = "a positive int" if integer else "a positive number"
-        raise ValueError(f"{where}: {name} must be {what}; got {value!r}")
-
-
 def mackey_glass(
     num_steps: int,
     *,
@@ -87,9 +80,9 @@ def mackey_glass(
         True
     """
     where = "mackey_glass"
-    _positive("num_steps", num_steps, where, integer=True)
-    _positive("substeps", substeps, where, integer=True)
-    _positive("sample_step", sample_step, where)
+    _checks.positive_int("num_steps", num_steps, where)
+    _checks.positive_int("substeps", substeps, where)
+    _checks.positive_number("sample_step", sample_step, where)
     if not _checks.is_int(discard) or discard < 0:
         raise ValueError(f"{where}: discard must be an int >= 0; got {discard!r}")
     if not (tau > 0 and math.isfinite(tau)):
@@ -163,9 +156,9 @@ def lorenz(
         [1.0, 1.0, 1.0]
     """
     where = "lorenz"
-    _positive("num_steps", num_steps, where, integer=True)
-    _positive("substeps", substeps, where, integer=True)
-    _positive("sample_step", sample_step, where)
+    _checks.positive_int("num_steps", num_steps, where)
+    _checks.positive_int("substeps", substeps, where)
+    _checks.positive_number("sample_step", sample_step, where)
     if not _checks.is_int(discard) or discard < 0:
         raise ValueError(f"{where}: discard must be an int >= 0; got {discard!r}")
     if np.shape(x0) != (3,):

@@ -286,7 +286,7 @@ def test_losses_and_optimizer_refuse_what_would_silently_mislead():
     with pytest.raises(TypeError, match="cross_entropy: mask must be booleans"):
         cross_entropy(jnp.zeros((4, 3)), jnp.zeros(4, jnp.int32), jnp.ones(4, jnp.float32))
     # A bound <= 0 reversed (max_norm=-1) or froze (0) training without a word.
-    for bad in (dict(max_norm=-1.0), dict(max_norm=0.0), dict(max_value=-2.0)):
+    for bad in (dict(max_norm=-1.0), dict(max_norm=0.0), dict(max_value=-2.0), dict(max_norm="1")):
         name = next(iter(bad))
         with pytest.raises(ValueError, match=f"default_optimizer: {name} must be a positive"):
             default_optimizer(0.1, **bad)
