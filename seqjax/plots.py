@@ -149,7 +149,7 @@ def plot_hidden_states(
             f"plot_hidden_states: labels must hold one label per step ({len(states)}); "
             f"got {len(labels)}"
         )
-    largest = float(np.abs(states).max()) if states.size else 1.0
+    largest = float(np.abs(states).max())
     vmax = vmax or (1.0 if largest <= 1.0 else largest)
     steps = len(states)
     wrap = steps if not wrap else min(wrap, steps)
