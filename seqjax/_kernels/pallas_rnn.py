@@ -3,11 +3,12 @@
 :func:`recurrence` runs the sequential part of a recurrent layer, everything after the input
 projection ``px = x W_x + b`` (one large matmul the caller makes over all steps), as one
 ``pallas_call`` over all ``T`` steps. Each kernel instance owns one tile of ``block_batch``
-sequences: it loads the recurrent weights ``W_h`` once, keeps the state ``h`` (and ``c``) in
-its registers, in float32 (float64 when an input is float64), and loops over time with
-``lax.fori_loop``, one ``[b, H] @ [H, H]`` matmul per gate and step, accumulated in the
-state's dtype (``preferred_element_type``). bfloat16 ``px`` and ``W_h`` are supported: the
-state is rounded to ``W_h``'s dtype only as the matmul's left operand.
+sequences: it loads the recurrent weights ``W_h`` once, keeps the state ``h`` (and ``c``) in the
+loop carry (registers, on a GPU), in float32 (float64 when an input is float64), and loops over
+time with ``lax.fori_loop``, one ``[b, H] @ [H, H]`` matmul per gate and step, accumulated in
+the state's dtype (``preferred_element_type``). bfloat16 ``px`` and ``W_h`` are supported: the
+state is rounded to ``W_h``'s dtype only as the matmul's left operand (and the gate cotangents
+likewise in the reverse loop).
 
 The derivative is a ``jax.custom_vjp`` shaped like the vendor kernels' (cuDNN, oneDNN) and
 like :mod:`seqjax._backward`: the forward kernel saves the state entering each step and the
@@ -18,6 +19,10 @@ is one ``[H, T*B] @ [T*B, G]`` matmul and ``d b_h`` one sum. ``d_px`` is returne
 the caller's projection matmul transposes it into ``dW_x``, ``db`` and ``dxs``. Saving the
 activations (``5H`` per step for an LSTM, ``4H`` for a GRU, ``H`` for Elman, plus ``h_{t-1}``)
 rather than recomputing them keeps the reverse loop at one matmul per gate and step.
+
+Reverse mode only: ``jax.grad`` and ``jax.vjp`` work, ``jax.jvp`` raises (a ``custom_vjp``),
+and second derivatives are not offered. ``jax.vmap`` works through ``pallas_call``'s batching
+rule (one more grid axis); one batch axis ``B``, so fold any others into it or vmap.
 
 The wrapper pads ``B`` up to a multiple of ``block_batch`` and ``H`` up to ``max(16, 2^k)``,
 gate by gate (zero weights, zero inputs: padded units stay zero and reach no real unit), and
@@ -337,7 +342,6 @@ def _forward(config: _Config, w_h, b_h, px, h0, c0, valid, resets, *, save: bool
         w_h=(w_h, None), b_h=(b_h, None), px=(px, 1), h0=(h0, 0), c0=(c0, 0),
         valid=(valid, 1), resets=(resets, 1),
     )  # fmt: skip
-    state = jax.ShapeDtypeStruct((batch, width), state_dtype)
     outputs = {
         "ys": (jax.ShapeDtypeStruct((num_steps, batch, width), px.dtype), 1),
         "h_final": (jax.ShapeDtypeStruct((batch, width), h0.dtype), 0),
@@ -345,7 +349,7 @@ def _forward(config: _Config, w_h, b_h, px, h0, c0, valid, resets, *, save: bool
     if kind.has_cell:
         outputs["c_final"] = (jax.ShapeDtypeStruct((batch, width), c0.dtype), 0)
     if save:
-        outputs["hs"] = (jax.ShapeDtypeStruct((num_steps, *state.shape), state_dtype), 1)
+        outputs["hs"] = (jax.ShapeDtypeStruct((num_steps, batch, width), state_dtype), 1)
         saved = (num_steps, batch, kind.num_saved * width)
         outputs["saved"] = (jax.ShapeDtypeStruct(saved, state_dtype), 1)
     kernel = functools.partial(_forward_kernel, config=config, state_dtype=state_dtype)
