@@ -114,7 +114,8 @@ def test_values_equal_the_scan_reference_and_the_cell(name, option):
     reverse = OPTIONS[option]["reverse"]
     w_h, b_h, px, h0, c0 = _problem(kind, jnp.float32)
     b_h = b_h if kind is GRU else None  # the cells' own layout: bias on the input side
-    got = _kernel(kind, reverse=reverse, **masks)(w_h, b_h, px, h0, c0)
+    run = _kernel(kind, reverse=reverse, **masks)
+    got = run(w_h, b_h, px, h0, c0)
     expected = reference(kind, w_h, b_h, px, h0, c0, reverse=reverse, **masks)
     tree_allclose(got, expected, **F32)
 
@@ -124,9 +125,7 @@ def test_values_equal_the_scan_reference_and_the_cell(name, option):
     carry = LSTMCarry(h0, c0) if kind is LSTM else h0
     lengths = dict(lengths=jnp.array(LENGTHS), resets=masks["resets"]) if masks else {}
     final, ys = unroll(cell, params, xs, carry, reverse=reverse, **lengths)
-    ys_k, h_k, c_k = _kernel(kind, reverse=reverse, **masks)(
-        w_h, b_h, cell.project(params, xs), h0, c0
-    )
+    ys_k, h_k, c_k = run(w_h, b_h, cell.project(params, xs), h0, c0)
     tree_allclose((ys_k, h_k, c_k), (ys, *(final if kind is LSTM else (final, None))), **F32)
 
 
@@ -177,6 +176,20 @@ def test_bfloat16_inputs_match_the_reference_with_its_roundings(name):
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
+def test_bfloat16_inputs_with_a_float32_carry_keep_it_in_float32(name):
+    """A carry the gates pass on unchanged keeps bits that bfloat16 has not."""
+    kind = KINDS[name][0]
+    w_h = jnp.zeros((H, kind.num_gates * H), jnp.bfloat16)
+    # LSTM: i = 0, f = 1 (sigmoid(-30), sigmoid(30) in float32), so c' = c; GRU: z = 1, h' = h.
+    gates = {LSTM: (-30.0, 30.0, 0.0, 0.0), GRU: (0.0, 30.0, 0.0)}[kind]
+    px = jnp.broadcast_to(jnp.repeat(jnp.array(gates, jnp.bfloat16), H), (T, B, w_h.shape[1]))
+    carry = jnp.full((B, H), 1 + 2.0**-12, jnp.float32)  # bfloat16 rounds it to 1
+    _, h, c = _kernel(kind)(w_h, None, px, carry, carry if kind is LSTM else None)
+    assert (c if kind is LSTM else h).dtype == jnp.float32
+    np.testing.assert_array_equal(c if kind is LSTM else h, carry)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_without_padding_and_with_one_tile(name):
     """H a power of two and B one whole tile: the kernel sees the arrays unpadded."""
     kind = KINDS[name][0]
@@ -185,6 +198,18 @@ def test_without_padding_and_with_one_tile(name):
     run = jax.jit(lambda *a: recurrence(kind, *a, block_batch=4, **options))
     tree_allclose(run(*args), reference(kind, *args, **options), **F64)
     _check_gradients(kind, run, args, options, F64)
+
+
+def test_vmap_over_a_second_batch_axis_equals_the_reference_per_slice():
+    w_h, b_h, px, h0, _ = _problem(GRU, jnp.float32)
+    pxs, h0s = jnp.stack([px, -px]), jnp.stack([h0, 2 * h0])
+    masks = _masks(True)
+    got = jax.jit(jax.vmap(_kernel(GRU, **masks), (None, None, 0, 0, None)))(
+        w_h, b_h, pxs, h0s, None
+    )
+    for k in range(2):
+        expected = reference(GRU, w_h, b_h, pxs[k], h0s[k], None, **masks)
+        tree_allclose(jax.tree.map(lambda a, k=k: a[k], got), expected, **F32)
 
 
 def test_no_steps_returns_the_initial_state():
