@@ -1,11 +1,11 @@
 """The peer implementations the benchmark suite times against seqjax, on seqjax's weights.
 
-Each peer is a function ``peer(cell, params, xs, mode) -> seqjax.bench.Contender`` that
+Each peer is a function ``peer(cell, params, xs, mode) -> seqjax.apps.bench.Contender`` that
 builds the peer library's own layer for ``cell`` (an ``LSTMCell``, ``GRUCell`` or
 ``ElmanCell``), loads it with weights converted from seqjax's ``params`` by a differentiable
 ``convert`` (so the peer's parameter gradients map back to seqjax's through ``jax.vjp``), and
 runs it on ``xs [T, B, I]`` (``mode`` ``fwd``: ``ys``; ``fwd+bwd``: ``mean(ys**2)`` with the
-gradients for every parameter and the input). It raises ``seqjax.bench.PeerUnavailable``
+gradients for every parameter and the input). It raises ``seqjax.apps.bench.PeerUnavailable``
 when the library is missing or cannot run the cell on this backend. Before timing, the suite
 checks every peer's outputs and gradients against seqjax's (``bench.run_group``).
 
@@ -39,11 +39,11 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import ElmanCell, GRUCell, LSTMCell
-from seqjax.bench import (
+from seqjax.apps.bench import (
     PEERS as PACKAGE_PEERS,
 )
-from seqjax.bench import (
-    Contender,
+from seqjax.apps.bench import (
+    Peer,
     PeerUnavailable,
     jax_contender,
 )
@@ -61,7 +61,7 @@ def _gates(a, n):
 # --------------------------------------------------------------------------- Flax NNX
 
 
-def nnx_peer(cell, params, xs, mode: str) -> Contender:
+def nnx_peer(cell, params, xs, mode: str) -> Peer:
     """Flax NNX ``nnx.RNN(OptimizedLSTMCell | GRUCell | SimpleCell, time_major=True)``."""
     from flax import nnx
 
@@ -115,7 +115,7 @@ def nnx_peer(cell, params, xs, mode: str) -> Contender:
 # --------------------------------------------------------------------------- Equinox
 
 
-def equinox_peer(cell, params, xs, mode: str) -> Contender:
+def equinox_peer(cell, params, xs, mode: str) -> Peer:
     """Equinox ``eqx.nn.LSTMCell / GRUCell`` (unbatched cells) under ``vmap`` and ``lax.scan``."""
     _need("equinox")
     import equinox as eqx
@@ -169,7 +169,7 @@ def equinox_peer(cell, params, xs, mode: str) -> Contender:
 # --------------------------------------------------------------------------- Haiku
 
 
-def haiku_peer(cell, params, xs, mode: str) -> Contender:
+def haiku_peer(cell, params, xs, mode: str) -> Peer:
     """Haiku ``hk.dynamic_unroll(hk.LSTM | hk.GRU | hk.VanillaRNN, time_major=True)``."""
     _need("haiku")
     import haiku as hk
@@ -229,7 +229,7 @@ def haiku_peer(cell, params, xs, mode: str) -> Contender:
 # --------------------------------------------------------------------------- cuDNN via JAX
 
 
-def jax_cudnn_peer(cell, params, xs, mode: str) -> Contender:
+def jax_cudnn_peer(cell, params, xs, mode: str) -> Peer:
     """``jax.experimental.rnn.lstm``: cuDNN's LSTM called from JAX (GPU, LSTM only)."""
     if not isinstance(cell, LSTMCell):
         raise PeerUnavailable("jax.experimental.rnn has an LSTM only")

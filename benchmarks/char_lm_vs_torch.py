@@ -1,7 +1,7 @@
 """Does seqjax's char-LM train as well and as fast as a PyTorch nn.LSTM char-LM?
 
 Question: on the same data windows, model size, optimizer and number of updates, does
-``seqjax.char_lm`` (as a user gets it: ``CharLMConfig`` defaults, ``new_state``,
+``seqjax.apps.char_lm`` (as a user gets it: ``CharLMConfig`` defaults, ``new_state``,
 ``make_chunk_fn``, ``evaluate``) reach a held-out loss no worse than a PyTorch char-LM
 (``nn.Embedding(256, E) -> nn.LSTM(E, H) -> nn.Linear(H, 256)``), and which runs more updates
 per second?
@@ -88,7 +88,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqjax import DenseParams, EmbeddingParams, char_lm, data, train
+from seqjax import DenseParams, EmbeddingParams, losses, train
+from seqjax.apps import char_lm, data
 from seqjax.interop.torch import params_from_torch, params_to_torch
 
 
@@ -114,7 +115,7 @@ if __name__ == "__main__":  # host devices must exist before JAX initialises
 SCRIPT = "char_lm_vs_torch"
 TORCH_ALONE = "--torch-alone"
 ALONE_CHUNKS = 40
-TITLE = "seqjax.char_lm vs a PyTorch nn.LSTM char-LM (same data, size, optimizer, updates)"
+TITLE = "seqjax.apps.char_lm vs a PyTorch nn.LSTM char-LM (same data, size, optimizer, updates)"
 
 # Largest relative difference accepted between seqjax and the PyTorch copy of its parameters.
 REL_TOL = 1e-3
@@ -295,7 +296,7 @@ def check_same_function(model: char_lm.CharLM, corpus: char_lm.Corpus) -> dict:
 
     def loss_fn(p):
         _, logits = model(p, model.init_carry((config.batch_size,)), xs[0], resets[0])
-        return train.cross_entropy(logits, ys[0])
+        return losses.cross_entropy(logits, ys[0])
 
     loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
     jax_norm = float(optax.global_norm(grads))
@@ -461,7 +462,7 @@ QUIET_CORES = 0.25
 
 def _stats_ms(seconds: Sequence[float], per: int) -> dict:
     """Per-update ms: median, quartiles, min, max, mean over chunks of ``per`` updates."""
-    return h._stats_ms([s / per for s in seconds])
+    return h.stats_ms([s / per for s in seconds])
 
 
 def train_pair(args, seed: int, check: dict) -> list[dict]:

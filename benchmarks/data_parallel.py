@@ -16,7 +16,7 @@ Contenders, per group, in one process holding ``--devices`` host devices:
 
 Groups: LSTM forward and forward+backward (``mean(ys**2)``, gradients for the params and the
 input) at ``B32 T128 I64 H256`` and ``B8 T1024 I64 H128``; then the char-LM's training step
-(``seqjax.char_lm.CharLM``: embedding 64, LSTM 256, readout 256, 32 streams x 64 steps,
+(``seqjax.apps.char_lm.CharLM``: embedding 64, LSTM 256, readout 256, 32 streams x 64 steps,
 cross-entropy, clipped Adam, ``tbptt_step``) and its parts on their own: the LSTM
 forward+backward inside it, the readout+loss forward+backward on stand-in LSTM outputs,
 and the optimizer update.
@@ -39,7 +39,8 @@ import jax
 import jax.numpy as jnp
 
 import seqjax as sj
-from seqjax import char_lm, sharding
+from seqjax import sharding
+from seqjax.apps import char_lm
 
 # Importing JAX does not start its backends: the host device count can still be set here.
 if __name__ == "__main__":  # host devices must exist before JAX initialises

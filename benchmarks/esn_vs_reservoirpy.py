@@ -2,7 +2,7 @@
 
 Three questions, each answered in the same run on the same machine:
 
-1. ``accuracy``: Mackey-Glass (tau = 17, ``seqjax.series.mackey_glass``, the same array fed to
+1. ``accuracy``: Mackey-Glass (tau = 17, ``seqjax.apps.series.mackey_glass``, the same array fed to
    both libraries), one-step-ahead and 84-step closed-loop NRMSE (RMSE / std of the target),
    seqjax (``EchoStateNetwork``, float32, and again in float64) vs ReservoirPy 0.4
    (``Reservoir >> Ridge``, float64), the same hyperparameters (units, spectral radius,
@@ -51,7 +51,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import EchoStateCell, EchoStateNetwork, unroll
-from seqjax.series import mackey_glass
+from seqjax.apps.series import mackey_glass
+from seqjax.forecast import forecast
 
 SCRIPT = "esn_vs_reservoirpy"
 TITLE = "Echo-state networks: seqjax vs ReservoirPy (Mackey-Glass accuracy, state throughput)"
@@ -120,7 +121,7 @@ def _fit_and_score(esn, params, series: np.ndarray, sizes: dict, dtype):
     params = esn.fit(params, u[:train], u[1 : train + 1], ridge=HP["ridge"], washout=HP["washout"])
     _, ys = esn(params, u[: train + test])
     one_step = nrmse(ys[train:], series[train + 1 : train + test + 1])
-    _, closed = esn.forecast(params, u[:train], horizon)
+    closed = forecast(esn, params, u[:train], horizon)
     return params, one_step, nrmse(closed, series[train : train + horizon])
 
 

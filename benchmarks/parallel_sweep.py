@@ -1,8 +1,8 @@
 """When does evaluating a recurrence in parallel over time beat the sequential scan?
 
 Question: for sequence lengths T from 10^2 up, how do ``seqjax.unroll`` (``lax.scan``) and
-``seqjax.parallel.unroll_parallel`` compare, forward and forward+backward (gradient of
-``mean(ys**2)`` w.r.t. the params and ``xs``)?
+``seqjax.unroll(method=...)`` with the parallel methods compare, forward and forward+backward
+(gradient of ``mean(ys**2)`` w.r.t. the params and ``xs``)?
 
 * GRU, H = 16: sequential scan vs DEER (dense Jacobians) vs quasi-DEER (analytic diagonal).
 * minGRU, H = 16: sequential scan vs one associative scan.
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
-from seqjax.parallel import unroll_parallel, unroll_parallel_with_info
+from seqjax import unroll, unroll_with_info
 
 SCRIPT = "parallel_sweep"
 TITLE = "Parallel-in-time evaluation vs the sequential scan, over sequence length T"
@@ -53,7 +53,7 @@ def make_fn(cell, method: str | None, mode: str):
     def forward(params, xs):
         if method is None:
             return seqjax.unroll(cell, params, xs)[1]
-        return unroll_parallel(cell, params, xs, method=method)[1]
+        return unroll(cell, params, xs, method=method)[1]
 
     if mode == "fwd":
         return forward
@@ -66,7 +66,7 @@ def make_train_step(cell, method: str | None):
         if method is None:
             ys = seqjax.unroll(cell, params, xs)[1]
         else:
-            ys = unroll_parallel(cell, params, xs, method=method)[1]
+            ys = unroll(cell, params, xs, method=method)[1]
         return jnp.mean((ys - targets) ** 2)
 
     def step(params, xs, targets):
@@ -111,9 +111,7 @@ def sweep(args, rec: h.Recorder, ts: Sequence[int]) -> None:
             for method in methods[1:]:
                 if method in ("deer", "quasi_deer"):
                     info = jax.jit(
-                        lambda p, x, m=method, c=cell: unroll_parallel_with_info(c, p, x, method=m)[
-                            2
-                        ]
+                        lambda p, x, m=method, c=cell: unroll_with_info(c, p, x, method=m)[2]
                     )(params, xs)
                     iterations[method] = (int(info.iterations), bool(info.converged))
             for mode in MODES[:1] if long else MODES:

@@ -1,4 +1,4 @@
-"""What does rematerialisation over time (``unroll(..., remat=k)``) save, and what does it cost?
+"""What does rematerialisation over time (``unroll(..., method=Remat(k))``) save, and at what cost?
 
 Question: for an LSTM (and a GRU) trained by full BPTT over T steps, how much memory does the
 backward pass need with and without ``remat``, and how much slower is it? The issue's goal:
@@ -40,7 +40,7 @@ import numpy as np
 import seqjax
 
 SCRIPT = "remat_memory"
-TITLE = "Rematerialisation over time: BPTT memory and time with and without unroll(remat=...)"
+TITLE = "Rematerialisation over time: BPTT memory and time with and without Remat"
 DTYPE = jnp.float32
 FULL = dict(B=16, I=32, H=128, Ts=(1_000, 10_000))
 QUICK = dict(B=2, I=3, H=8, Ts=(50,))
@@ -59,7 +59,8 @@ def schedules(t: int) -> dict:
 @functools.cache  # one function object per variant, so the harness compiles each once
 def make_grad(cell, remat):
     def loss(params, xs):
-        return jnp.mean(seqjax.unroll(cell, params, xs, remat=remat)[1] ** 2)
+        method = None if remat is None else seqjax.Remat(remat)
+        return jnp.mean(seqjax.unroll(cell, params, xs, method=method)[1] ** 2)
 
     return jax.grad(loss, argnums=(0, 1))
 

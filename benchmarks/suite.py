@@ -9,7 +9,7 @@ gradients for every parameter and the input), float32, time-major ``xs [T, B, I]
   its outputs or loss and every gradient are checked against seqjax's before it is timed; a
   peer that disagrees is reported as ``mismatch`` and not timed. Peers that are not installed
   or cannot run here (``jax.cudnn`` off GPU, Equinox without an Elman cell) are ``skipped``.
-* Timing (``seqjax.bench.run_group``): JAX contenders compiled ahead of time, compile time
+* Timing (``seqjax.apps.bench.run_group``): JAX contenders compiled ahead of time, compile time
   reported apart (``compile_s``); PyTorch eager (``first_call_s``); interleaved rounds,
   median and quartiles. Memory where the backend reports it (``peak_bytes``, ``peak_source``).
 * Experiments: the default four configs of issue 7; ``--sweep-T`` (T = 128 .. 16384 at B8 I64
@@ -44,7 +44,7 @@ import _peers  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from seqjax import bench  # noqa: E402
+from seqjax.apps import bench  # noqa: E402
 
 SCRIPT = "suite"
 TITLE = "seqjax against Flax linen/NNX, Equinox, Haiku, PyTorch and cuDNN (LSTM, GRU, Elman)"
@@ -417,7 +417,7 @@ def run_experiment(args, experiment: str) -> h.Recorder:
         configs = [(b, t, i, hid) for hid in hs for b in bs]
     run_configs(args, rec, configs, experiment)
     for dist in ("torch", "equinox", "dm-haiku", "matplotlib"):
-        rec.env["versions"][dist] = h._version(dist)
+        rec.env["versions"][dist] = h.package_version(dist)
     body = summarize(rec.rows, experiment)
     title = f"{TITLE}: {experiment}"
     rec.write(body, title)

@@ -1,8 +1,9 @@
 """Forward+backward of an LSTM/GRU layer: seqjax autodiff vs seqjax custom vs PyTorch vs Flax.
 
 Question: how fast is ``jax.value_and_grad`` of ``mean(unroll(cell, params, xs)[1] ** 2)``
-(gradients for every parameter and the input) with ``backward="autodiff"`` and with
-``backward="custom"`` (the structured derivative, seqjax/_backward.py), against Flax linen
+(gradients for every parameter and the input) with ``Scan(derivative="autodiff")`` and with
+``Scan(derivative="structured")`` (rows labelled ``custom``; seqjax/methods/_structured.py),
+against Flax linen
 ``nn.RNN(OptimizedLSTMCell | GRUCell)`` and, when installed, PyTorch ``nn.LSTM`` / ``nn.GRU``
 (oneDNN on CPU, cuDNN on GPU) on the same shapes, float32, time-major, and what fraction of
 the machine's large-matmul rate each reaches.
@@ -59,7 +60,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
-from seqjax import bench, sharding
+from seqjax import sharding
+from seqjax.apps import bench
 from seqjax.interop.flax_linen import params_to_linen
 
 # Importing JAX does not start its backends: the host device count can still be set here.
@@ -101,9 +103,17 @@ def work_gflop(name: str, b: int, t: int, i: int, hid: int) -> float:
     return 3 * 2 * t * b * gates * (i + hid) / 1e9
 
 
+# The rows keep the labels of earlier results: "custom" is the structured derivative.
+METHODS = {
+    "auto": seqjax.Scan(),
+    "autodiff": seqjax.Scan(derivative="autodiff"),
+    "custom": seqjax.Scan(derivative="structured"),
+}
+
+
 def seqjax_fn(cell, backward: str):
     def loss(params, xs):
-        return jnp.mean(seqjax.unroll(cell, params, xs, backward=backward)[1] ** 2)
+        return jnp.mean(seqjax.unroll(cell, params, xs, method=METHODS[backward])[1] ** 2)
 
     return jax.value_and_grad(loss, argnums=(0, 1))
 
@@ -115,7 +125,7 @@ def prototype_lstm(params, xs):
     scan saves only ``y``, ``c`` and the four activated gates ``[B, 4H]`` per step; the reverse
     scan computes the gate cotangents ``dG [B, 4H]`` (one write) and ``dG W_h^T`` per step;
     then ``dW_h``, ``dW_x``, ``db`` and ``dxs`` are one large matmul (or sum) each.
-    Forward mode (``jax.jvp``) is not supported, which seqjax's ``backward="custom"`` keeps.
+    Forward mode (``jax.jvp``) is not supported, which seqjax's structured derivative keeps.
     """
     w_x, w_h, b = params
     zero = jnp.zeros((xs.shape[1], w_h.shape[0]), xs.dtype)
@@ -202,7 +212,8 @@ def split_fn(apply, mesh, count: int):
 
 def seqjax_split_fn(cell, backward: str, mesh, count: int):
     """``seqjax_fn`` split over ``mesh`` (see ``split_fn``)."""
-    return split_fn(lambda p, x: seqjax.unroll(cell, p, x, backward=backward)[1], mesh, count)
+    method = METHODS[backward]
+    return split_fn(lambda p, x: seqjax.unroll(cell, p, x, method=method)[1], mesh, count)
 
 
 def flax_model(name: str, hid: int) -> nn.RNN:
@@ -548,7 +559,7 @@ def summarize(rows: Sequence[dict]) -> str:
             "the activated gates per step and whose reverse scan writes one `[B, 4H]` gate "
             "cotangent per step, then one large matmul per weight/input gradient. It shows what "
             f"the structured derivative can reach on {jax.default_backend()} when its reverse "
-            'step is this lean; seqjax\'s `backward="custom"` is generic over cells and keeps '
+            "step is this lean; seqjax's structured derivative is generic over cells and keeps "
             "forward mode: compare its column above.",
             "",
             h.markdown_table(proto_table, [(k, k) for k in proto_table[0]]),

@@ -1,13 +1,14 @@
 """Where should ``seqjax.unroll`` compute the input projection on this backend, and what unroll?
 
-Question: ``unroll(..., hoist_projection=True)`` computes ``cell.project`` (``x W_x + b``) for all
-steps as one large matmul before ``lax.scan``; ``hoist_projection=False`` computes it per step
-inside the scan body. Which is faster here, for the LSTM, GRU and Elman cells, forward and
-forward+backward (loss ``mean(ys**2)``, gradients w.r.t. params and ``xs``)? Then, with the
-faster placement, does ``lax.scan(unroll=k)`` for k in 1, 2, 4, 8 help?
+Question: ``unroll(..., method=Scan(hoist_projection=True))`` computes ``cell.project``
+(``x W_x + b``) for all steps as one large matmul before ``lax.scan``;
+``hoist_projection=False`` computes it per step inside the scan body. Which is faster here,
+for the LSTM, GRU and Elman cells, forward and forward+backward (loss ``mean(ys**2)``,
+gradients w.r.t. params and ``xs``)? Then, with the faster placement, does
+``lax.scan(unroll=k)`` for k in 1, 2, 4, 8 help?
 
 The contenders of each question are timed interleaved in one run (see ``_harness.py``); the
-figure to read is the ratio hoisted / per-step within a row. ``seqjax.unroll._HOIST_PROJECTION``
+figure to read is the ratio hoisted / per-step within a row. ``seqjax.tuning.TABLE``
 holds the per-backend default this script is meant to justify.
 
 Usage::
@@ -58,7 +59,8 @@ def make_fn(cell, mode: str, *, hoist: bool, unroll: int):
     """``(params, xs) -> ys`` or ``-> (loss, (grad params, grad xs))``."""
 
     def forward(params, xs):
-        _, ys = seqjax.unroll(cell, params, xs, hoist_projection=hoist, unroll=unroll)
+        method = seqjax.Scan(hoist_projection=hoist, unroll=unroll)
+        _, ys = seqjax.unroll(cell, params, xs, method=method)
         return ys
 
     if mode == "fwd":

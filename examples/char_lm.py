@@ -11,7 +11,7 @@ in bits per character, checkpointing and sampling.
 
 import sys
 
-from seqjax.cli import main
+from seqjax.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["train-charlm", *sys.argv[1:]]))

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import char_lm, checkpoint, data
+from seqjax import checkpoint
+from seqjax.apps import char_lm, data
 from seqjax.cells import LSTMCarry
 from seqjax.diagnostics import carry_trajectory, unit_correlations
 
@@ -169,7 +170,7 @@ def main(argv=None):
     if importlib.util.find_spec("matplotlib") is None:
         print('(matplotlib is not installed, so no plot: pip install "seqjax[plot]")')
         return 0
-    from seqjax.plots import plot_hidden_states
+    from seqjax.apps.plots import plot_hidden_states
 
     start = pick_snippet(text, features, args.snippet)
     snippet = slice(start, start + args.snippet)

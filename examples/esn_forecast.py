@@ -28,8 +28,10 @@ import numpy as np
 import optax
 
 from seqjax import EchoStateCell, EchoStateNetwork, bptt_step
-from seqjax.reservoir import feedback_weights, force_run, force_train, nrmse, rls_regression
-from seqjax.series import mackey_glass
+from seqjax.apps.series import mackey_glass
+from seqjax.forecast import forecast
+from seqjax.losses import nrmse
+from seqjax.reservoir import feedback_weights, force_run, force_train, rls_regression
 
 
 def main(argv=None) -> None:
@@ -80,12 +82,12 @@ def main(argv=None) -> None:
     )
 
     # Closed loop: warm up on the training inputs, then feed predictions back.
-    _, forecast = esn.forecast(fitted, xs[:train], horizon)
+    predicted = forecast(esn, fitted, xs[:train], horizon)
     truth = xs[train : train + horizon]
-    error = float(nrmse(forecast, truth))
+    error = float(nrmse(predicted, truth))
     print(f"ridge readout   {horizon}-step closed-loop NRMSE {error:.2e}")
     for k in sorted({9, 19, 39, horizon - 1} & set(range(horizon))):
-        got, want = float(forecast[k, 0]), float(truth[k, 0])
+        got, want = float(predicted[k, 0]), float(truth[k, 0])
         print(f"  step {k + 1:3d}: forecast {got:.4f}  truth {want:.4f}")
 
     try:
@@ -104,7 +106,7 @@ def main(argv=None) -> None:
     )
     t = np.arange(train, train + horizon)
     ax.plot(t, np.asarray(truth[:, 0]), color="k", label="truth")
-    ax.plot(t, np.asarray(forecast[:, 0]), "--", color="C3", label="ESN closed loop")
+    ax.plot(t, np.asarray(predicted[:, 0]), "--", color="C3", label="ESN closed loop")
     ax.axvline(train, color="0.7", lw=0.8)
     ax.set_xlabel("time step")
     ax.set_ylabel("x(t)")

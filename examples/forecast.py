@@ -1,7 +1,7 @@
 """Forecasting a chaotic and a real series: AR(tau) and latent-AR RNNs against naive baselines.
 
-Two series: Mackey-Glass (tau = 17, one sample per time unit; seqjax.series.mackey_glass)
-and the yearly sunspot numbers 1700-2008 (seqjax.data.sunspots, shipped inside statsmodels;
+Two series: Mackey-Glass (tau = 17, one sample per time unit; seqjax.apps.series.mackey_glass)
+and the yearly sunspot numbers 1700-2008 (seqjax.apps.data.sunspots, shipped inside statsmodels;
 skipped with a note when statsmodels is absent). Each is z-scored with its training
 statistics; the test part is the tail. Models:
 
@@ -33,18 +33,17 @@ import numpy as np
 import optax
 
 from seqjax import GRUCell, LSTMCell, bptt_step, default_optimizer
+from seqjax.apps.series import mackey_glass
 from seqjax.forecast import (
     ARModel,
     LatentAR,
     fit_linear_ar,
     forecast,
     last_value_forecast,
-    mase,
-    nrmse,
     one_step_loss,
     origins,
 )
-from seqjax.series import mackey_glass
+from seqjax.losses import mase, nrmse
 
 
 class Task(NamedTuple):
@@ -69,7 +68,7 @@ def mackey_glass_task(quick: bool) -> Task:
 def sunspots_task(quick: bool) -> Task | None:
     if importlib.util.find_spec("statsmodels") is None:
         return None
-    from seqjax.data import sunspots
+    from seqjax.apps.data import sunspots
 
     _, raw = sunspots()
     # 1700-1920 trains, 1921-2008 tests; horizon 11 years, about one solar cycle.
@@ -212,7 +211,7 @@ def report(task: Task, result: dict, args) -> None:
 
 
 def plot(task: Task, result: dict, out: str) -> str:
-    from seqjax.plots import plot_forecasts
+    from seqjax.apps.plots import plot_forecasts
 
     origin = int(result["starts"][0])
     back = min(origin, 3 * task.horizon)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import Dense, ElmanCell, GRUCell, LSTMCell, bptt_step, default_optimizer, unroll
-from seqjax.data import adding_problem
+from seqjax.apps.data import adding_problem
 from seqjax.diagnostics import carry_gradients, gradient_norms
 
 HIDDEN = 64
@@ -99,7 +99,7 @@ def main(argv=None):
     if importlib.util.find_spec("matplotlib") is None:
         print('(matplotlib is not installed, so no plots: pip install "seqjax[plot]")')
         return 0
-    from seqjax.plots import plot_gradient_flow
+    from seqjax.apps.plots import plot_gradient_flow
 
     for when, index in (("initialisation", 0), ("training", 1)):
         path = os.path.join(args.out, f"gradient_flow_{'init' if index == 0 else 'trained'}.png")

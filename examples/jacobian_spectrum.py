@@ -5,7 +5,7 @@ one-step Jacobians ``J_t = dh_t / dh_{t-1}`` (the whole state: ``(h, c)`` for an
 one adding-problem sequence, at initialisation and after training on the adding problem, and
 plots their spectral radii, singular values and the norm of the backpropagated products
 ``dh_T / dh_t`` (seqjax.diagnostics.state_jacobians / jacobian_summary,
-seqjax.plots.plot_jacobian_spectrum). ``examples/gradient_flow.py`` shows the same story
+seqjax.apps.plots.plot_jacobian_spectrum). ``examples/gradient_flow.py`` shows the same story
 through ``dL/dh_t``.
 
     python examples/jacobian_spectrum.py --quick     # seconds; what the test suite runs
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import Dense, ElmanCell, GRUCell, LSTMCell, bptt_step, default_optimizer, unroll
-from seqjax.data import adding_problem
+from seqjax.apps.data import adding_problem
 from seqjax.diagnostics import jacobian_summary, state_jacobians
 
 
@@ -105,7 +105,7 @@ def main(argv=None):
     if importlib.util.find_spec("matplotlib") is None:
         print('(matplotlib is not installed, so no plots: pip install "seqjax[plot]")')
         return 0
-    from seqjax.plots import plot_jacobian_spectrum
+    from seqjax.apps.plots import plot_jacobian_spectrum
 
     for tag, index in phases:
         when = {"init": "initialisation", "trained": "training"}[tag]

@@ -7,7 +7,7 @@ The model is an ordinary ``nnx.Module``: ``nnx.Embed`` -> a two-layer seqjax LST
 variational dropout (:class:`seqjax.VariationalDropoutCell`: one mask per sequence on each
 layer's inputs and recurrent state, the same at every step) wrapped by
 :class:`seqjax.interop.flax_nnx.Recurrent` -> ``nnx.Linear`` logits over 256 byte values.
-It trains on the char-LM corpus (the Python standard library's source, ``seqjax.data``) on
+It trains on the char-LM corpus (the Python standard library's source, ``seqjax.apps.data``) on
 random windows, with ``nnx.jit``, ``nnx.value_and_grad`` and ``nnx.Optimizer`` over the
 default recipe (global-norm clipping, then Adam). ``model.train()`` / ``model.eval()``
 switch dropout on and off, as for ``nnx.Dropout``.
@@ -29,7 +29,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from seqjax import LSTMCell, Stack, VariationalDropoutCell, checkpoint, data
+from seqjax import LSTMCell, Stack, VariationalDropoutCell, checkpoint
+from seqjax.apps import data
 from seqjax.interop.flax_nnx import Recurrent
 from seqjax.train import default_optimizer
 

@@ -1,20 +1,36 @@
 """seqjax: recurrent sequence models as pure JAX functions over pytrees.
 
-Cells (:class:`ElmanCell`, :class:`LSTMCell`, :class:`GRUCell`) hold hyperparameters and
+Cells (:class:`ElmanCell`, :class:`LSTMCell`, :class:`GRUCell`, ...) hold hyperparameters and
 expose pure ``init / init_carry / project / step / apply`` methods; :func:`unroll` runs one
-over a sequence with ``lax.scan``; :mod:`seqjax.layers` assembles stacks, bidirectional
-layers and heads; :mod:`seqjax.train` trains them (BPTT, truncated BPTT, clipping) and
-:mod:`seqjax.generate` samples from them. Shapes use the letters of :mod:`seqjax._types`
-(T, B, I, H, O); sequences are time-major unless ``time_axis`` says otherwise.
+over a sequence with any evaluation method of :mod:`seqjax.methods`; :mod:`seqjax.layers`
+assembles stacks, bidirectional layers and heads; :mod:`seqjax.train` trains them (BPTT,
+truncated BPTT, clipping) and :mod:`seqjax.generate` samples from them. Shapes use the
+letters of :mod:`seqjax._types` (T, B, I, H, O); sequences are time-major unless
+``time_axis`` says otherwise.
+
+This module's ``__all__`` is the public API at the top level; the submodules listed in
+:data:`SUBMODULES` hold the rest (each with its own ``__all__``). The applications (the
+char-LM, the command line, plots, data, benchmarks) live in :mod:`seqjax.apps`, which the
+core never imports.
 """
 
+from importlib import metadata as _metadata
+
 from seqjax.cells import (
+    BY_NAME,
+    CAPABILITIES,
+    Cell,
+    CellWrapper,
     DropoutMasks,
     DropoutParams,
+    EchoStateCell,
+    EchoStateParams,
     ElmanCell,
     ElmanParams,
     GRUCell,
     GRUParams,
+    JacobianDiagonal,
+    Layer,
     LayerNormGRUCell,
     LayerNormGRUParams,
     LayerNormLSTMCell,
@@ -22,6 +38,8 @@ from seqjax.cells import (
     LearnedInitCarry,
     LearnedInitCell,
     LearnedInitParams,
+    LinearRecurrence,
+    LogCoefficients,
     LRUCarry,
     LRUCell,
     LRUParams,
@@ -34,18 +52,23 @@ from seqjax.cells import (
     MinGRUParams,
     MinLSTMCell,
     MinLSTMParams,
+    Noisy,
     PeepholeLSTMCell,
     PeepholeLSTMParams,
+    ProjectWeight,
+    RecurWeight,
+    SplitStep,
+    SummedUpdate,
     VariationalDropoutCell,
     ZoneoutCarry,
     ZoneoutCell,
     ZoneoutParams,
+    jacobian_diagonal,
+    supports,
     with_noise,
 )
-from seqjax.cells._esn import EchoStateCell, EchoStateParams
 from seqjax.embedded import embedded_unroll
 from seqjax.generate import Beams, Decoded, beam_search, decode, pick_token, sample
-from seqjax.host import keep_freed_memory
 from seqjax.layers import (
     Bidirectional,
     BidirectionalCarry,
@@ -58,6 +81,17 @@ from seqjax.layers import (
     last_valid,
     mean_valid,
 )
+from seqjax.losses import cross_entropy, masked_mean, mean_squared_error, nrmse, sequence_mask
+from seqjax.methods import (
+    DEER,
+    Associative,
+    Method,
+    Pallas,
+    ParallelInfo,
+    QuasiDEER,
+    Remat,
+    Scan,
+)
 from seqjax.models import (
     ClassifierParams,
     ConditionedGenerator,
@@ -68,33 +102,78 @@ from seqjax.models import (
     SequenceTagger,
     TaggerParams,
 )
-from seqjax.parallel import ParallelInfo, unroll_parallel, unroll_parallel_with_info
 from seqjax.reservoir import EchoStateNetwork, EchoStateNetworkParams
 from seqjax.train import (
     StepMetrics,
     bptt_step,
-    cross_entropy,
     default_optimizer,
-    mean_squared_error,
-    sequence_mask,
     stream_windows,
     tbptt_scan,
     tbptt_step,
     window_loss,
 )
-from seqjax.unroll import unroll, unroll_reference
+from seqjax.tuning import Tuning
+from seqjax.unroll import UnrollOptions, unroll, unroll_reference, unroll_with_info
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("seqjax")
+except _metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+    __version__ = "0+unknown"
+
+# The public submodules, each with its own ``__all__`` (the docs' API reference walks these).
+SUBMODULES = (
+    "seqjax.cells",
+    "seqjax.methods",
+    "seqjax.tuning",
+    "seqjax.unroll",
+    "seqjax.layers",
+    "seqjax.losses",
+    "seqjax.train",
+    "seqjax.generate",
+    "seqjax.embedded",
+    "seqjax.models",
+    "seqjax.forecast",
+    "seqjax.reservoir",
+    "seqjax.diagnostics",
+    "seqjax.sharding",
+    "seqjax.checkpoint",
+    "seqjax.interop.torch",
+    "seqjax.interop.flax_nnx",
+    "seqjax.interop.flax_linen",
+    "seqjax.apps.char_lm",
+    "seqjax.apps.data",
+    "seqjax.apps.series",
+    "seqjax.apps.plots",
+    "seqjax.apps.host",
+    "seqjax.apps.bench",
+    "seqjax.apps.harness",
+    "seqjax.apps.cli",
+)
 
 __all__ = [
-    # echo-state networks (issue 5)
-    "EchoStateCell",
-    "EchoStateNetwork",
-    "EchoStateNetworkParams",
-    "EchoStateParams",
-    # regularisers and variants (issue 6)
+    # cells and their capabilities
+    "BY_NAME",
+    "CAPABILITIES",
+    "Cell",
+    "CellWrapper",
     "DropoutMasks",
     "DropoutParams",
+    "EchoStateCell",
+    "EchoStateParams",
+    "ElmanCell",
+    "ElmanParams",
+    "GRUCell",
+    "GRUParams",
+    "JacobianDiagonal",
+    "LRUCarry",
+    "LRUCell",
+    "LRUParams",
+    "LSTMCarry",
+    "LSTMCell",
+    "LSTMParams",
+    "LSTMProjCell",
+    "LSTMProjParams",
+    "Layer",
     "LayerNormGRUCell",
     "LayerNormGRUParams",
     "LayerNormLSTMCell",
@@ -102,68 +181,79 @@ __all__ = [
     "LearnedInitCarry",
     "LearnedInitCell",
     "LearnedInitParams",
-    "LSTMProjCell",
-    "LSTMProjParams",
+    "LinearRecurrence",
+    "LogCoefficients",
+    "MinGRUCell",
+    "MinGRUParams",
+    "MinLSTMCell",
+    "MinLSTMParams",
+    "Noisy",
     "PeepholeLSTMCell",
     "PeepholeLSTMParams",
+    "ProjectWeight",
+    "RecurWeight",
+    "SplitStep",
+    "SummedUpdate",
     "VariationalDropoutCell",
     "ZoneoutCarry",
     "ZoneoutCell",
     "ZoneoutParams",
+    "jacobian_diagonal",
+    "supports",
     "with_noise",
-    "Beams",
+    # running a cell
+    "Associative",
+    "DEER",
+    "Method",
+    "Pallas",
+    "ParallelInfo",
+    "QuasiDEER",
+    "Remat",
+    "Scan",
+    "Tuning",
+    "UnrollOptions",
+    "embedded_unroll",
+    "unroll",
+    "unroll_reference",
+    "unroll_with_info",
+    # layers and models
     "Bidirectional",
     "BidirectionalCarry",
     "BidirectionalParams",
     "ClassifierParams",
     "ConditionedGenerator",
     "ConditionedParams",
-    "Decoded",
     "Dense",
     "DenseParams",
-    "ElmanCell",
-    "ElmanParams",
+    "EchoStateNetwork",
+    "EchoStateNetworkParams",
     "Embedding",
     "EmbeddingParams",
-    "GRUCell",
-    "GRUParams",
-    "LSTMCarry",
-    "LSTMCell",
-    "LSTMParams",
-    "LRUCarry",
-    "LRUCell",
-    "LRUParams",
-    "MinGRUCell",
-    "MinGRUParams",
-    "MinLSTMCell",
-    "MinLSTMParams",
-    "ParallelInfo",
     "Seq2Seq",
     "Seq2SeqParams",
     "SequenceClassifier",
     "SequenceTagger",
     "Stack",
-    "StepMetrics",
     "TaggerParams",
+    "last_valid",
+    "mean_valid",
+    # losses, training, decoding
+    "Beams",
+    "Decoded",
+    "StepMetrics",
     "beam_search",
     "bptt_step",
     "cross_entropy",
     "decode",
     "default_optimizer",
-    "embedded_unroll",
-    "keep_freed_memory",
-    "last_valid",
+    "masked_mean",
     "mean_squared_error",
-    "mean_valid",
+    "nrmse",
     "pick_token",
     "sample",
     "sequence_mask",
     "stream_windows",
     "tbptt_scan",
     "tbptt_step",
-    "unroll",
-    "unroll_parallel",
-    "unroll_parallel_with_info",
-    "unroll_reference",
     "window_loss",
 ]

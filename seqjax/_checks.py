@@ -126,3 +126,13 @@ def resets_array(resets, time_major_shape: tuple[int, ...], axis: int, where: st
             f"{tuple(want)}; got shape {resets.shape}"
         )
     return jnp.moveaxis(resets, axis, 0)
+
+
+def series(name: str, series, where: str, min_ndim: int = 2) -> jax.Array:
+    series = floating_array(name, series, where)
+    if series.ndim < min_ndim:
+        raise ValueError(
+            f"{where}: {name} must be time-major [T, *B, F] (a univariate series is "
+            f"series[:, None]); got shape {series.shape}"
+        )
+    return series

@@ -18,6 +18,15 @@ import orbax.checkpoint as ocp
 
 from seqjax._types import PyTree
 
+__all__ = [
+    "IncompatibleCheckpointError",
+    "check_compatible",
+    "latest_step",
+    "read_meta",
+    "restore",
+    "save",
+]
+
 
 class IncompatibleCheckpointError(ValueError):
     """The checkpoint was written by a model with another configuration."""

@@ -10,7 +10,7 @@
 * :func:`carry_trajectory` keeps the whole state after every step and
   :func:`unit_correlations` finds the units that track a property of the input (inside a
   string, the column in a line): the material of hidden-state pictures
-  (:func:`seqjax.plots.plot_hidden_states`).
+  (:func:`seqjax.apps.plots.plot_hidden_states`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,17 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from seqjax import _checks
-from seqjax._types import Array, Cell, PyTree
+from seqjax._types import Array, PyTree
+from seqjax.cells._base import Cell
+
+__all__ = [
+    "carry_gradients",
+    "carry_trajectory",
+    "gradient_norms",
+    "jacobian_summary",
+    "state_jacobians",
+    "unit_correlations",
+]
 
 
 def _flat(carry) -> Array:

@@ -12,40 +12,53 @@ to 25.4 ms on one device and from 21.9 to 20.3 ms on two (2-core EPYC, jax 0.10.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import jax.numpy as jnp
 
-from seqjax import _backward, _checks
-from seqjax._types import Array, Cell, PyTree
+from seqjax import _checks
+from seqjax._types import Array, PyTree
+from seqjax.cells._base import (
+    Cell,
+    CellWrapper,
+    JacobianDiagonal,
+    LinearRecurrence,
+    LogCoefficients,
+    ProjectWeight,
+    RecurWeight,
+    SplitStep,
+    SummedUpdate,
+    supports,
+)
+from seqjax.methods import Method
 from seqjax.unroll import unroll
 
-# Delegated to the wrapped cell when it has them, with its own params: the structured
-# derivative's split (seqjax/_backward.py) and quasi-DEER's Jacobian diagonal.
-_WITH_PARAMS = ("recur", "update", "recur_weight", "jacobian_diagonal")
+__all__ = ["embedded_unroll"]
 
 
 @dataclass(frozen=True)
-class _Lookup:
+class _Lookup(CellWrapper):
     """``cell`` reading a token id per step (as a float ``[*B, 1]``), its projection looked up.
 
     Params: ``(projected, cell_params)``, ``projected`` ``[V + 1, G]`` the cell's projection
-    of every table row and a last row of NaN for ids outside ``[0, V)``.
+    of every table row and a last row of NaN for ids outside ``[0, V)``. Every capability of
+    the step is the wrapped cell's (only the projection changes); the projection weight is
+    not (the projection is a lookup).
     """
 
     cell: Cell
-    input_size = 1
+    forwards = frozenset(
+        {SplitStep, SummedUpdate, RecurWeight, JacobianDiagonal, LinearRecurrence, LogCoefficients}
+    )
 
     @property
-    def hidden_size(self) -> int:
-        return self.cell.hidden_size
+    def input_size(self) -> int:  # type: ignore[override]
+        return 1
 
-    @property
-    def update_reads_sum(self) -> bool:
-        return _backward.reads_sum(self.cell)
+    def init(self, key, dtype=jnp.float32):
+        raise TypeError("embedded_unroll's lookup cell has no params of its own to draw")
 
-    def init_carry(self, batch_shape=(), dtype=jnp.float32) -> PyTree:
-        return self.cell.init_carry(batch_shape, dtype)
+    def inner_params(self, params):
+        return params[1]
 
     def project(self, params, ids: Array) -> Array:
         # "clip" keeps the lookup a plain gather: the default ("fill") adds a bounds select
@@ -53,18 +66,6 @@ class _Lookup:
         # folded char-LM 7% slower than the unfolded one. Ids are in range here:
         # embedded_unroll maps bad ones to the NaN row.
         return jnp.take(params[0], ids[..., 0].astype(jnp.int32), axis=0, mode="clip")
-
-    def step(self, params, carry, px: Array):
-        return self.cell.step(params[1], carry, px)
-
-    def recur_input(self, carry):
-        return _backward._recur_input(self.cell, carry)
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in _WITH_PARAMS:
-            raise AttributeError(name)
-        method = getattr(self.cell, name)  # AttributeError when the cell lacks it
-        return lambda params, *args: method(params[1], *args)
 
 
 # The scan reads each id as a float32, exact below 2**24 (the last row is the NaN one).
@@ -74,7 +75,7 @@ _MAX_VOCAB = 2**24 - 1
 def can_fold(cell: Cell, vocab_size: int) -> bool:
     """Whether the fold is exact for ``cell``: it names ``project_weight`` (so ``project``
     is an affine map of each row alone) and ``V`` ids fit a float32 exactly."""
-    return _backward.names_weight(cell, "project") and vocab_size <= _MAX_VOCAB
+    return supports(cell, ProjectWeight) and vocab_size <= _MAX_VOCAB
 
 
 def embedded_unroll(
@@ -84,9 +85,13 @@ def embedded_unroll(
     ids: Array,
     carry: PyTree | None = None,
     *,
+    lengths: Array | None = None,
+    resets: Array | None = None,
+    reverse: bool = False,
+    truncate: int | None = None,
     time_axis: int = 0,
+    method: Method | str | None = None,
     fold: bool | None = None,
-    **options,
 ) -> tuple[PyTree, Array]:
     """``unroll(cell, params, table[ids], carry)``, the embedding folded into the projection.
 
@@ -102,8 +107,7 @@ def embedded_unroll(
             ``project_weight`` and ``V`` is at most the number of tokens ``T * prod(B)``
             (``V`` rows through ``W_x`` instead of ``T * prod(B)``).
             Results are the same either way, to float rounding.
-        **options: the keyword options of :func:`seqjax.unroll` (``lengths``, ``resets``,
-            ``truncate``, ``reverse``, ...).
+        lengths, resets, reverse, truncate, method: as for :func:`seqjax.unroll`.
 
     Returns:
         ``(carry, ys)`` as :func:`seqjax.unroll`, ``ys`` ``[T, *B, H]``.
@@ -149,14 +153,16 @@ def embedded_unroll(
             f"that names project_weight) and V <= {_MAX_VOCAB}; got {type(cell).__name__} "
             f"and V = {vocab}"
         )
+    options = dict(
+        lengths=lengths, resets=resets, reverse=reverse, truncate=truncate, time_axis=time_axis,
+        method=method,
+    )  # fmt: skip
     if not fold:
-        return unroll(
-            cell, params, jnp.take(table, ids, axis=0), carry, time_axis=time_axis, **options
-        )
+        return unroll(cell, params, jnp.take(table, ids, axis=0), carry, **options)
     projected = cell.project(params, table)
     projected = jnp.concatenate([projected, jnp.full_like(projected[:1], jnp.nan)])
     ids = _checks.wide_int(ids)  # ids + V and ids < V would wrap in uint8 (the char-LM's V = 256)
     ids = jnp.where(ids < 0, ids + vocab, ids)
     ids = jnp.where((ids >= 0) & (ids < vocab), ids, vocab)
     xs = ids.astype(jnp.float32)[..., None]
-    return unroll(_Lookup(cell), (projected, params), xs, carry, time_axis=time_axis, **options)
+    return unroll(_Lookup(cell), (projected, params), xs, carry, **options)

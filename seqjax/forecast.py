@@ -21,26 +21,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from seqjax import _checks
-from seqjax._types import Array, Cell, PRNGKey, PyTree
+from seqjax._types import Array, PRNGKey, PyTree
+from seqjax.cells._base import Cell
 from seqjax.layers import Dense, DenseParams
 from seqjax.unroll import unroll
 
-
-def _series(name: str, series, where: str, min_ndim: int = 2) -> Array:
-    series = _checks.floating_array(name, series, where)
-    if series.ndim < min_ndim:
-        raise ValueError(
-            f"{where}: {name} must be time-major [T, *B, F] (a univariate series is "
-            f"series[:, None]); got shape {series.shape}"
-        )
-    return series
+__all__ = [
+    "ARModel",
+    "LatentAR",
+    "LatentARParams",
+    "ar_windows",
+    "closed_loop",
+    "fit_linear_ar",
+    "forecast",
+    "last_value_forecast",
+    "one_step_loss",
+    "origins",
+]
 
 
 def _sliding(series: Array, order: int, count: int, start: int = 0) -> Array:
@@ -72,7 +76,7 @@ def ar_windows(series: Array, order: int) -> tuple[Array, Array]:
         >>> windows[..., 0].tolist(), targets[..., 0].tolist()
         ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]], [3.0, 4.0])
     """
-    series = _series("series", series, "ar_windows")
+    series = _checks.series("series", series, "ar_windows")
     order = _checks.positive_int("order", order, "ar_windows")
     if order >= series.shape[0]:
         raise ValueError(
@@ -164,7 +168,7 @@ class ARModel:
         reaches back into ``carry`` (the ``order`` values before ``xs[0]``; zeros when None).
         Returns ``(carry, ys [T, *B, F])``, ``carry`` the last ``order`` values read.
         """
-        xs = _series("xs", xs, "ARModel")
+        xs = _checks.series("xs", xs, "ARModel")
         if xs.shape[-1] != self.features:
             raise ValueError(
                 f"ARModel: xs must have F = {self.features} features in its last axis; got "
@@ -204,7 +208,7 @@ def fit_linear_ar(
         >>> [round(float(w), 4) for w in params[0].w[:, 0]]             # lag 2, lag 1
         [0.3, 0.6]
     """
-    series = _series("series", series, "fit_linear_ar")
+    series = _checks.series("series", series, "fit_linear_ar")
     windows, targets = ar_windows(series, order)
     features = series.shape[-1]
     inputs = windows.reshape(-1, order * features)
@@ -292,7 +296,7 @@ class LatentAR:
         With ``lengths`` ``[*B]``, steps at or past a sequence's length leave its carry
         unchanged and predict zeros (as :func:`seqjax.unroll`).
         """
-        xs = _series("xs", xs, "LatentAR")
+        xs = _checks.series("xs", xs, "LatentAR")
         carry, hs = unroll(self.cell, params.cell, xs, carry, lengths=lengths)
         ys = self._read_out(params, hs, xs)
         if lengths is not None:
@@ -393,7 +397,7 @@ def forecast(model, params: PyTree, context: Array, horizon: int, carry: PyTree 
         ((5, 1), True)
     """
     horizon = _checks.positive_int("horizon", horizon, "forecast")
-    context = _series("context", context, "forecast")
+    context = _checks.series("context", context, "forecast")
     need = getattr(model, "order", 1) if carry is None else 1
     if context.shape[0] < need:
         why = "the model's window, when no carry is given" if carry is None else "the last value"
@@ -423,7 +427,7 @@ def one_step_loss(
     Returns:
         ``[]``: mean over counted steps and series of the squared error summed over ``F``.
     """
-    xs = _series("xs", xs, "one_step_loss")
+    xs = _checks.series("xs", xs, "one_step_loss")
     if not _checks.is_int(skip) or not 0 <= skip < xs.shape[0] - 1:
         raise ValueError(
             f"one_step_loss: skip must be an int in [0, T - 1) = [0, {xs.shape[0] - 1}); "
@@ -459,7 +463,7 @@ def last_value_forecast(context: Array, horizon: int) -> Array:
         [2.0, 2.0, 2.0]
     """
     horizon = _checks.positive_int("horizon", horizon, "last_value_forecast")
-    context = _series("context", context, "last_value_forecast")
+    context = _checks.series("context", context, "last_value_forecast")
     if context.shape[0] < 1:
         raise ValueError("last_value_forecast: context must hold at least one step; got none")
     return jnp.broadcast_to(context[-1], (horizon, *context.shape[1:]))
@@ -486,7 +490,7 @@ def origins(
         >>> contexts[..., 0].T.tolist(), futures[..., 0].T.tolist()
         ([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]], [[3.0, 4.0], [6.0, 7.0]])
     """
-    series = _series("series", series, "origins")
+    series = _checks.series("series", series, "origins")
     if series.ndim != 2:
         raise ValueError(f"origins: series must be one series [T, F]; got shape {series.shape}")
     context_length = _checks.positive_int("context_length", context_length, "origins")
@@ -503,95 +507,3 @@ def origins(
     back = starts[None, :] + np.arange(-context_length, 0)[:, None]  # [C, N]
     ahead = starts[None, :] + np.arange(horizon)[:, None]  # [H, N]
     return series[jnp.asarray(back)], series[jnp.asarray(ahead)]
-
-
-def _errors(predictions, targets, mask, where):
-    predictions = _checks.floating_array("predictions", predictions, where)
-    targets = _checks.floating_array("targets", targets, where)
-    if predictions.shape != targets.shape:
-        raise ValueError(
-            f"{where}: targets must have the shape of predictions, {predictions.shape}; "
-            f"got {targets.shape}"
-        )
-    if mask is None:
-        return predictions - targets, jnp.ones(predictions.shape, bool)
-    mask = jnp.asarray(mask)
-    if mask.dtype != jnp.bool_:
-        raise TypeError(f"{where}: mask must be booleans; got dtype {mask.dtype}")
-    try:
-        mask = jnp.broadcast_to(
-            mask.reshape(mask.shape + (1,) * (targets.ndim - mask.ndim)), targets.shape
-        )
-    except ValueError as err:
-        raise ValueError(
-            f"{where}: mask must have the shape of predictions or a prefix of it "
-            f"(e.g. without the feature axis), {predictions.shape}; got {mask.shape}"
-        ) from err
-    return predictions - targets, mask
-
-
-def _masked_mean(values, mask):
-    total = jnp.where(mask, values, jnp.zeros_like(values)).sum()
-    return total / jnp.maximum(mask.sum(), 1).astype(values.dtype)
-
-
-def rmse(predictions: Array, targets: Array, mask: Array | None = None) -> Array:
-    """Root mean squared error over every (valid) entry.
-
-    Args:
-        predictions: ``[..., F]``.
-        targets: same shape.
-        mask: booleans of that shape or a prefix of it (e.g. ``[T, *B]``); all when None.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> float(rmse(jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0]), jnp.array([True, False])))
-        1.0
-    """
-    errors, mask = _errors(predictions, targets, mask, "rmse")
-    return jnp.sqrt(_masked_mean(errors**2, mask))
-
-
-def nrmse(
-    predictions: Array, targets: Array, mask: Array | None = None, *, scale: Any = None
-) -> Array:
-    """RMSE divided by ``scale``: the standard deviation of the (valid) targets when None.
-
-    1.0 is the error of predicting the mean; pass the training series' standard deviation
-    as ``scale`` to compare short test windows on one footing.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> targets = jnp.array([1.0, -1.0, 1.0, -1.0])
-        >>> float(nrmse(jnp.zeros(4), targets))            # predicting the mean
-        1.0
-    """
-    errors, mask = _errors(predictions, targets, mask, "nrmse")
-    if scale is None:
-        mean = _masked_mean(targets, mask)
-        scale = jnp.sqrt(_masked_mean((targets - mean) ** 2, mask))
-    return jnp.sqrt(_masked_mean(errors**2, mask)) / scale
-
-
-def mase(predictions: Array, targets: Array, history: Array, mask: Array | None = None) -> Array:
-    """Mean absolute scaled error (Hyndman & Koehler, 2006).
-
-    The mean absolute error divided by that of the one-step naive forecast on the training
-    ``history`` (``mean |x_t - x_{t-1}|``): below 1 beats persistence one step ahead.
-
-    Args:
-        predictions, targets: ``[..., F]``; mask: as for :func:`rmse`.
-        history: ``[T, *B, F]`` the training series, ``T >= 2``.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> history = jnp.array([0.0, 1.0, 3.0])[:, None]         # naive MAE 1.5
-        >>> round(float(mase(jnp.array([[4.0]]), jnp.array([[3.0]]), history)), 6)
-        0.666667
-    """
-    errors, mask = _errors(predictions, targets, mask, "mase")
-    history = _series("history", history, "mase")
-    if history.shape[0] < 2:
-        raise ValueError(f"mase: history must hold at least 2 steps; got shape {history.shape}")
-    naive = jnp.mean(jnp.abs(jnp.diff(history, axis=0)))
-    return _masked_mean(jnp.abs(errors), mask) / naive

@@ -15,6 +15,15 @@ import jax.numpy as jnp
 from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 
+__all__ = [
+    "Beams",
+    "Decoded",
+    "beam_search",
+    "decode",
+    "pick_token",
+    "sample",
+]
+
 
 def pick_token(key: PRNGKey, logits: Array, *, temperature: float = 1.0, top_k: int | None = None):
     """Draw token ids ``[*B]`` from logits ``[*B, V]``.

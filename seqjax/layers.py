@@ -1,14 +1,15 @@
 """Sequence models assembled from cells: stacks, bidirectional layers, dense and embedding heads.
 
-A *sequence layer* has ``init(key)``, ``init_carry(batch_shape, dtype)`` and
-``__call__(params, xs, carry=None, *, lengths=None, time_axis=0, unroll=1) -> (carry, ys)``.
-A cell is run as a sequence layer by :func:`seqjax.unroll`; :class:`Bidirectional` and
-:class:`Stack` are sequence layers themselves, and a :class:`Stack` of cells is also a cell.
+A *sequence layer* (:class:`~seqjax.cells.Layer`) has ``init(key)``,
+``init_carry(batch_shape, dtype)`` and ``__call__(params, xs, carry=None, **options)``, where
+the options are every keyword option of :func:`seqjax.unroll` (``lengths``, ``resets``,
+``reverse``, ``truncate``, ``time_axis``, ``method``). A cell is run as a sequence layer by
+:func:`seqjax.unroll`; :class:`Bidirectional` and :class:`Stack` are sequence layers
+themselves, and a :class:`Stack` of cells is also a cell.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -17,19 +18,58 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import _checks
-from seqjax._types import Array, Cell, PRNGKey, PyTree
+from seqjax._types import Array, PRNGKey, PyTree
+from seqjax.cells._base import Cell, Layer, Noisy, supports, with_noise
 from seqjax.cells._common import affine, glorot_uniform
-from seqjax.unroll import unroll
+from seqjax.methods import Method
+from seqjax.unroll import UnrollOptions, unroll
+
+__all__ = [
+    "Bidirectional",
+    "BidirectionalCarry",
+    "BidirectionalParams",
+    "Dense",
+    "DenseParams",
+    "Embedding",
+    "EmbeddingParams",
+    "Stack",
+    "last_valid",
+    "mean_valid",
+    "output_size",
+    "run_layer",
+]
 
 
-def _output_size(layer) -> int:
-    return getattr(layer, "output_size", None) or layer.hidden_size
+_DEFAULT_OPTIONS = UnrollOptions()
 
 
-def _run(layer, params, xs, carry, options) -> tuple[PyTree, Array]:
-    """Run a sequence layer or a cell over time-major ``xs`` with the shared options."""
-    run = layer if callable(layer) else functools.partial(unroll, layer)
-    return run(params, xs, carry, **options)
+def output_size(layer) -> int:
+    """Features per step of a cell (``hidden_size``) or a layer (``output_size``)."""
+    return layer.output_size if isinstance(layer, Layer) else layer.hidden_size
+
+
+def run_layer(
+    layer,
+    params: PyTree,
+    xs: Array,
+    carry: PyTree | None,
+    *,
+    lengths: Array | None = None,
+    resets: Array | None = None,
+    time_axis: int = 0,
+    options: UnrollOptions = _DEFAULT_OPTIONS,
+) -> tuple[PyTree, Array]:
+    """Run a sequence layer (called) or a cell (through :func:`seqjax.unroll`), every option
+    forwarded: the one place where layers, models and adapters hand options on."""
+    if isinstance(layer, Layer):
+        return layer(
+            params, xs, carry, lengths=lengths, resets=resets, time_axis=time_axis,
+            **options.kwargs(),
+        )  # fmt: skip
+    return unroll(
+        layer, params, xs, carry, lengths=lengths, resets=resets, time_axis=time_axis,
+        **options.kwargs(),
+    )  # fmt: skip
 
 
 class BidirectionalParams(NamedTuple):
@@ -43,12 +83,14 @@ class BidirectionalCarry(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Bidirectional:
+class Bidirectional(Layer):
     """Two cells over the same sequence, one forwards and one backwards; outputs concatenated.
 
     With ``lengths``, the backward cell starts at each sequence's last valid step, so padding
     never leaks into it; ``ys[t] = [forward_y[t], backward_y[t]]``, both for ``xs[t]``, and
     padded steps are zero. This is PyTorch's ``bidirectional=True`` over packed sequences.
+    With ``reverse=True`` the whole layer runs on the time-reversed valid prefix (the
+    forward cell backwards and the backward cell forwards), as for any layer.
 
     Attributes:
         forward: the cell run from ``t = 0``.
@@ -92,6 +134,21 @@ class Bidirectional:
             self.backward.init_carry(batch_shape, dtype),
         )
 
+    def supports(self, capability: type) -> bool:
+        if capability is Noisy:
+            return supports(self.forward, Noisy) or supports(self.backward, Noisy)
+        return False
+
+    def with_noise(self, params, key, batch_shape=(), *, deterministic=False):
+        """Noise for both directions, each from its own split of ``key``."""
+        kf, kb = (None, None) if key is None else jax.random.split(key)
+        return BidirectionalParams(
+            with_noise(self.forward, params.forward, kf, batch_shape, deterministic=deterministic),
+            with_noise(
+                self.backward, params.backward, kb, batch_shape, deterministic=deterministic
+            ),
+        )
+
     def __call__(
         self,
         params: BidirectionalParams,
@@ -100,30 +157,29 @@ class Bidirectional:
         *,
         lengths: Array | None = None,
         resets: Array | None = None,
+        reverse: bool = False,
         truncate: int | None = None,
         time_axis: int = 0,
-        unroll: int | bool | None = None,
-        remat: int | tuple[int, ...] | None = None,
+        method: Method | str | None = None,
     ) -> tuple[BidirectionalCarry, Array]:
         """Run both directions over ``xs`` ``[T, *B, I]``; returns ``ys`` ``[T, *B, Hf + Hb]``.
 
-        The keyword options are :func:`seqjax.unroll`'s, applied to both directions.
+        The keyword options are :func:`seqjax.unroll`'s, applied to both directions
+        (``reverse`` flips both).
         """
         carry = BidirectionalCarry(None, None) if carry is None else carry
         common = dict(
-            lengths=lengths, resets=resets, truncate=truncate, time_axis=time_axis,
-            unroll=unroll, remat=remat,
-        )  # fmt: skip
-        cf, yf = _unroll(self.forward, params.forward, xs, carry.forward, **common)
-        cb, yb = _unroll(self.backward, params.backward, xs, carry.backward, reverse=True, **common)
+            lengths=lengths, resets=resets, truncate=truncate, time_axis=time_axis, method=method
+        )
+        cf, yf = unroll(self.forward, params.forward, xs, carry.forward, reverse=reverse, **common)
+        cb, yb = unroll(
+            self.backward, params.backward, xs, carry.backward, reverse=not reverse, **common
+        )
         return BidirectionalCarry(cf, cb), jnp.concatenate([yf, yb], axis=-1)
 
 
-_unroll = unroll  # the method argument ``unroll`` shadows the function inside __call__
-
-
 @dataclass(frozen=True)
-class Stack:
+class Stack(Cell, Layer):
     """Recurrent layers applied one after another, each over the whole sequence.
 
     Each layer is a cell or a sequence layer (e.g. :class:`Bidirectional`); layer ``k``
@@ -152,7 +208,7 @@ class Stack:
         if not self.layers:
             raise ValueError("Stack: layers must hold at least one layer; got none")
         for k in range(1, len(self.layers)):
-            want, got = _output_size(self.layers[k - 1]), self.layers[k].input_size
+            want, got = output_size(self.layers[k - 1]), self.layers[k].input_size
             if want != got:
                 raise ValueError(
                     f"Stack: layer {k} must have input_size {want} (layer {k - 1}'s output "
@@ -185,14 +241,29 @@ class Stack:
         return cls(tuple(layers))
 
     @property
-    def input_size(self) -> int:
+    def input_size(self) -> int:  # type: ignore[override]
         return self.layers[0].input_size
 
     @property
     def output_size(self) -> int:
-        return _output_size(self.layers[-1])
+        return output_size(self.layers[-1])
 
-    hidden_size = output_size
+    @property
+    def hidden_size(self) -> int:  # type: ignore[override]
+        return self.output_size
+
+    def supports(self, capability: type) -> bool:
+        if capability is Noisy:
+            return any(supports(layer, Noisy) for layer in self.layers)
+        return False
+
+    def with_noise(self, params, key, batch_shape=(), *, deterministic=False) -> tuple:
+        """Noise for every layer, each from its own split of ``key``."""
+        keys = [None] * len(self.layers) if key is None else jax.random.split(key, len(self.layers))
+        return tuple(
+            with_noise(layer, p, k, batch_shape, deterministic=deterministic)
+            for layer, p, k in zip(self.layers, params, keys, strict=True)
+        )
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> tuple:
         keys = jax.random.split(key, len(self.layers))
@@ -209,23 +280,22 @@ class Stack:
         *,
         lengths: Array | None = None,
         resets: Array | None = None,
+        reverse: bool = False,
         truncate: int | None = None,
         time_axis: int = 0,
-        unroll: int | bool | None = None,
-        remat: int | tuple[int, ...] | None = None,
+        method: Method | str | None = None,
     ) -> tuple[tuple, Array]:
         """Run the layers bottom to top over ``xs`` ``[T, *B, I]``; ``ys`` is the top's output.
 
-        The keyword options are :func:`seqjax.unroll`'s, applied to every layer.
+        The keyword options are :func:`seqjax.unroll`'s, applied to every layer
+        (``reverse`` runs the whole stack on the time-reversed valid prefix).
         """
         xs = _checks.floating_array("xs", xs, "Stack")
         axis = _checks.time_axis_of("xs", xs.shape, time_axis, "Stack")
         ys = jnp.moveaxis(xs, axis, 0)
         if resets is not None:
             resets = jnp.moveaxis(jnp.asarray(resets), axis, 0)
-        options = dict(
-            lengths=lengths, resets=resets, truncate=truncate, unroll=unroll, remat=remat
-        )
+        options = UnrollOptions(reverse=reverse, truncate=truncate, method=method)
         carry = (None,) * len(self.layers) if carry is None else tuple(carry)
         for name, tree in (("params", params), ("carry", carry)):
             if len(tree) != len(self.layers):
@@ -235,12 +305,12 @@ class Stack:
                 )
         carries = []
         for layer, p, c in zip(self.layers, params, carry, strict=True):
-            c, ys = _run(layer, p, ys, c, options)
+            c, ys = run_layer(layer, p, ys, c, lengths=lengths, resets=resets, options=options)
             carries.append(c)
         return tuple(carries), jnp.moveaxis(ys, 0, axis)
 
     def _cells(self) -> tuple:
-        if any(not hasattr(layer, "step") for layer in self.layers):
+        if any(isinstance(layer, Layer) and not isinstance(layer, Cell) for layer in self.layers):
             raise TypeError(
                 "Stack: step-by-step evaluation needs every layer to be a cell (a "
                 "Bidirectional layer needs the whole sequence); got layers "
@@ -261,10 +331,6 @@ class Stack:
             c, y = cell.apply(p, c, y)
             carries.append(c)
         return tuple(carries), y
-
-    def apply(self, params: tuple, carry: tuple, x: Array) -> tuple[tuple, Array]:
-        """Advance every layer one step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))
 
 
 class DenseParams(NamedTuple):

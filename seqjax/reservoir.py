@@ -1,4 +1,4 @@
-"""Echo-state networks: readouts (ridge, online RLS, FORCE, gradient), closed-loop forecasting.
+"""Echo-state networks: readouts (ridge, online RLS, FORCE, gradient) for reservoir states.
 
 The reservoir is :class:`seqjax.EchoStateCell`, a cell like any other, so its states come
 from :func:`seqjax.unroll` (``_, states = unroll(cell, params, xs)``); this module fits and
@@ -7,7 +7,7 @@ common path::
 
     esn = EchoStateNetwork(EchoStateCell(1, 500, spectral_radius=1.25, leak_rate=0.3), 1)
     params = esn.fit(esn.init(key), xs, ys, ridge=1e-6, washout=100)   # ridge readout
-    _, predictions = esn.forecast(params, warmup, num_steps=84)        # closed loop
+    predictions = seqjax.forecast.forecast(esn, params, warmup, horizon=84)   # closed loop
 
 Readout features are the reservoir state ``x_t`` ``[*B, H]``, followed by the input
 ``u_t`` ``[*B, I]`` when ``input_to_readout`` (``F = H`` or ``H + I``); a readout is a
@@ -51,9 +51,7 @@ __all__ = [
     "feedback_weights",
     "force_run",
     "force_train",
-    "forecast",
     "from_reservoirpy",
-    "nrmse",
     "readout_features",
     "ridge_regression",
     "rls_init",
@@ -457,6 +455,7 @@ def force_train(
         its feedback), trained on a sum of two sines, then run closed loop:
 
         >>> import jax, jax.numpy as jnp
+        >>> from seqjax.losses import nrmse
         >>> cell = EchoStateCell(1, 200, spectral_radius=1.8, leak_rate=0.5, bias_scaling=0.2)
         >>> params = cell.init(jax.random.key(0))
         >>> w_fb = feedback_weights(jax.random.key(1), 1, 200)
@@ -544,90 +543,6 @@ def force_run(
     return jax.lax.scan(body, carry, xs, length=num_steps)
 
 
-def forecast(
-    cell: EchoStateCell,
-    params: EchoStateParams,
-    readout: DenseParams,
-    warmup: Array,
-    num_steps: int,
-    carry: Array | None = None,
-    *,
-    input_to_readout: bool = False,
-    time_axis: int = 0,
-) -> tuple[Array, Array]:
-    """Closed-loop (generative) forecast after a teacher-forced warm-up.
-
-    The reservoir first reads ``warmup`` (the true inputs ``u_1 .. u_W``); from then on its
-    next input is the readout's own output: ``y_t = readout(x_t [, u_t])``, ``u_{t+1} = y_t``.
-    So ``predictions[0]`` forecasts the step after the warm-up's last input, and
-    ``predictions[k]`` the one ``k + 1`` steps after it. Needs ``O == I``.
-
-    Args:
-        cell, params: the reservoir.
-        readout: ``DenseParams (w [F, O], b [O])``.
-        warmup: ``[W, *B, I]`` (time on ``time_axis``), ``W >= 1``.
-        num_steps: ``N``, closed-loop steps.
-        carry: the state before the warm-up ``[*B, H]``; zeros when None.
-        input_to_readout: the readout reads ``[x_t, u_t]`` (it was fitted that way).
-        time_axis: time axis of ``warmup`` and of the result.
-
-    Returns:
-        ``(carry, predictions)``: the state after the last closed-loop step ``[*B, H]`` and
-        the forecasts ``[N, *B, O]`` (time on ``time_axis``).
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from seqjax import EchoStateCell, DenseParams
-        >>> cell = EchoStateCell(1, 20, spectral_radius=0.9)
-        >>> params = cell.init(jax.random.key(0))
-        >>> readout = DenseParams(w=jnp.zeros((20, 1)), b=jnp.ones(1))
-        >>> _, ys = forecast(cell, params, readout, jnp.zeros((10, 3, 1)), num_steps=5)
-        >>> ys.shape
-        (5, 3, 1)
-    """
-    where = "forecast"
-    warmup = _checks.floating_array("warmup", warmup, where)
-    axis = _checks.time_axis_of("warmup", warmup.shape, time_axis, where)
-    _checks.feature_size("warmup", warmup.shape, cell.input_size, where)
-    features = cell.hidden_size + (cell.input_size if input_to_readout else 0)
-    if readout.w.shape != (features, cell.input_size):
-        raise ValueError(
-            f"{where}: readout.w must have shape [F, O] = [{features}, {cell.input_size}] "
-            f"(closed loop feeds outputs back as inputs, so O = I); got {readout.w.shape}"
-        )
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"{where}: num_steps must be an int >= 0; got {num_steps!r}")
-    warmup = jnp.moveaxis(warmup, axis, 0)
-    if warmup.shape[0] < 1:
-        raise ValueError(f"{where}: warmup must hold at least one step; got shape {warmup.shape}")
-    state, _ = unroll(cell, params, warmup, carry)
-
-    def output(x, u):
-        return affine(readout_features(x, u if input_to_readout else None), readout.w, readout.b)
-
-    def body(loop, _):
-        x, u = loop
-        y = output(x, u).astype(u.dtype)
-        x, _ = cell.apply(params, x, y)
-        return (x, y), y
-
-    (state, _), predictions = jax.lax.scan(body, (state, warmup[-1]), None, length=num_steps)
-    return state, jnp.moveaxis(predictions, 0, axis)
-
-
-def nrmse(predictions: Array, targets: Array, *, axis=None) -> Array:
-    """Normalised root-mean-square error ``RMSE / std(targets)`` (0 perfect, 1 = predicting
-    the mean), over ``axis`` (all axes when None).
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> float(nrmse(jnp.zeros(4), jnp.array([1.0, -1.0, 1.0, -1.0])))
-        1.0
-    """
-    error = jnp.sqrt(jnp.mean((predictions - targets) ** 2, axis=axis))
-    return error / jnp.std(targets, axis=axis)
-
-
 class EchoStateNetworkParams(NamedTuple):
     """Parameters of an :class:`EchoStateNetwork`."""
 
@@ -639,7 +554,10 @@ class EchoStateNetworkParams(NamedTuple):
 class EchoStateNetwork:
     """An echo-state reservoir and its linear readout, as one sequence model.
 
-    ``y_t = [x_t, (u_t)] @ w + b`` over the reservoir states of :class:`EchoStateCell`.
+    ``y_t = [x_t, (u_t)] @ w + b`` over the reservoir states of :class:`EchoStateCell`. With
+    ``O = I`` it is a forecasting model like :class:`seqjax.forecast.LatentAR`
+    (``init_carry``, ``step``, ``__call__``), so :func:`seqjax.forecast.forecast` runs it
+    closed loop.
     The readout starts at zero; fit it in closed form (:meth:`fit`), online
     (:func:`rls_regression`) or by gradient (:func:`seqjax.bptt_step` on a loss of
     ``esn(params, xs)``; only ``readout`` and the cell's ``trainable`` leaves move).
@@ -651,7 +569,9 @@ class EchoStateNetwork:
 
     Example:
         >>> import jax, jax.numpy as jnp
-        >>> from seqjax.series import mackey_glass
+        >>> from seqjax.apps.series import mackey_glass
+        >>> from seqjax.forecast import forecast
+        >>> from seqjax.losses import nrmse
         >>> series = jnp.asarray(mackey_glass(700, discard=300), jnp.float32)[:, None]
         >>> esn = EchoStateNetwork(EchoStateCell(1, 200, spectral_radius=0.9,
         ...                                      leak_rate=0.3, input_scaling=0.5), 1)
@@ -660,8 +580,7 @@ class EchoStateNetwork:
         >>> _, ys = esn(params, series[:600])                 # one-step (teacher forced)
         >>> bool(nrmse(ys[500:], series[501:601]) < 0.05)
         True
-        >>> _, forecasts = esn.forecast(params, series[:500], num_steps=20)
-        >>> forecasts.shape
+        >>> forecast(esn, params, series[:500], horizon=20).shape     # closed loop
         (20, 1)
     """
 
@@ -701,6 +620,14 @@ class EchoStateNetwork:
         carry, states = unroll(self.cell, params.reservoir, xs, carry, time_axis=time_axis)
         return carry, readout_features(states, xs if self.input_to_readout else None)
 
+    def step(self, params: EchoStateNetworkParams, carry: Array, x: Array) -> tuple[Array, Array]:
+        """Read ``x`` ``[*B, I]``; ``y`` ``[*B, O]`` is the readout of the new state (with
+        ``O = I``, the forecasting protocol of :mod:`seqjax.forecast`: ``y`` predicts the
+        next input, and :func:`seqjax.forecast.forecast` runs the network closed loop)."""
+        carry, state = self.cell.apply(params.reservoir, carry, x)
+        features = readout_features(state, x if self.input_to_readout else None)
+        return carry, affine(features, params.readout.w, params.readout.b)
+
     def __call__(
         self,
         params: EchoStateNetworkParams,
@@ -736,24 +663,3 @@ class EchoStateNetwork:
             time_axis=time_axis,
         )
         return params._replace(readout=readout)
-
-    def forecast(
-        self,
-        params: EchoStateNetworkParams,
-        warmup: Array,
-        num_steps: int,
-        carry: Array | None = None,
-        *,
-        time_axis: int = 0,
-    ) -> tuple[Array, Array]:
-        """:func:`forecast` with this network's reservoir and readout."""
-        return forecast(
-            self.cell,
-            params.reservoir,
-            params.readout,
-            warmup,
-            num_steps,
-            carry,
-            input_to_readout=self.input_to_readout,
-            time_axis=time_axis,
-        )

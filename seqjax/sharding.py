@@ -78,7 +78,19 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqjax._types import Array, PyTree
-from seqjax.train import StepMetrics, _global_norm, _update, tbptt_scan
+from seqjax.train import StepMetrics, apply_gradients, global_norm, tbptt_scan
+
+__all__ = [
+    "AXIS",
+    "batch_mesh",
+    "batch_spec",
+    "data_parallel",
+    "replicate",
+    "shard_batch",
+    "shard_map_bptt_step",
+    "shard_map_tbptt_scan",
+    "use_cpu_devices",
+]
 
 AXIS = "batch"
 
@@ -244,8 +256,8 @@ def shard_map_bptt_step(
         total, weight, grads = jax.lax.psum((total, weight, grads), name)
         weight = jnp.maximum(weight, 1).astype(total.dtype)
         grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
-        grad_norm = _global_norm(grads)
-        params, opt_state = _update(optimizer, params, opt_state, grads)
+        grad_norm = global_norm(grads)
+        params, opt_state = apply_gradients(optimizer, params, opt_state, grads)
         return params, opt_state, StepMetrics(total / weight, grad_norm)
 
     replicated = PartitionSpec()
@@ -353,8 +365,8 @@ def shard_map_tbptt_scan(
         total, weight, grads = jax.lax.psum((total, weight, grads), name)
         weight = jnp.maximum(weight, 1).astype(total.dtype)
         grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
-        grad_norm = _global_norm(grads)
-        params, opt_state = _update(optimizer, params, opt_state, grads)
+        grad_norm = global_norm(grads)
+        params, opt_state = apply_gradients(optimizer, params, opt_state, grads)
         metrics = StepMetrics(total / weight, grad_norm)
         return params, opt_state, jax.lax.stop_gradient(next_carry), metrics
 

@@ -24,116 +24,24 @@ import optax
 from seqjax import _checks
 from seqjax._types import Array, PyTree
 
+__all__ = [
+    "StepMetrics",
+    "apply_gradients",
+    "bptt_step",
+    "default_optimizer",
+    "global_norm",
+    "stream_windows",
+    "tbptt_scan",
+    "tbptt_step",
+    "window_loss",
+]
+
 
 class StepMetrics(NamedTuple):
     """What every training step reports."""
 
     loss: Array  # [] the loss the update followed
     grad_norm: Array  # [] global L2 norm of the gradient before clipping
-
-
-def _loss_mask(mask: Array | None, shape: tuple[int, ...], where: str) -> Array | None:
-    """``mask`` checked: booleans of the per-position losses' ``shape`` (None passes)."""
-    if mask is None:
-        return None
-    mask = jnp.asarray(mask)
-    if mask.dtype != jnp.bool_:
-        raise TypeError(
-            f"{where}: mask must be booleans (True where a position counts; for 0/1 numbers "
-            f"use mask.astype(bool)); got dtype {mask.dtype}"
-        )
-    if mask.shape != shape:
-        raise ValueError(
-            f"{where}: mask must have the shape of the per-step losses, {shape}; got {mask.shape}"
-        )
-    return mask
-
-
-def _masked_mean(values: Array, mask: Array | None, average: bool) -> Array:
-    """Mean (or sum) of ``values`` where ``mask``, accumulated in at least float32 as
-    ``jnp.mean`` does: a float16 sum of 50k losses overflows."""
-    if mask is None:
-        return values.mean() if average else values.sum()
-    wide = jnp.float32 if jnp.finfo(values.dtype).bits < 32 else values.dtype
-    total = jnp.where(mask, values, jnp.zeros_like(values)).astype(wide).sum()
-    if average:
-        total = total / jnp.maximum(mask.sum(), 1).astype(wide)
-    return total.astype(values.dtype)
-
-
-def cross_entropy(
-    logits: Array, targets: Array, mask: Array | None = None, *, average: bool = True
-) -> Array:
-    """Softmax cross-entropy in nats over valid positions.
-
-    Args:
-        logits: ``[..., V]`` unnormalised log-probabilities (e.g. ``[T, *B, V]``).
-        targets: ``[...]`` integer class ids in ``[0, V)``.
-        mask: ``[...]`` booleans, True where a position counts (e.g. from
-            :func:`sequence_mask`); all positions when None.
-        average: mean over valid positions (True) or their sum.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> logits = jnp.zeros((3, 2, 4))                     # uniform over 4 classes
-        >>> round(float(cross_entropy(logits, jnp.zeros((3, 2), jnp.int32))), 4)    # log 4
-        1.3863
-    """
-    targets = jnp.asarray(targets)
-    if not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise TypeError(f"cross_entropy: targets must be integer ids; got dtype {targets.dtype}")
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(
-            f"cross_entropy: targets must have shape logits.shape[:-1] = {logits.shape[:-1]}; "
-            f"got {targets.shape}"
-        )
-    mask = _loss_mask(mask, targets.shape, "cross_entropy")
-    if mask is not None:  # padded logits may be NaN; 0 * NaN would reach the gradient
-        logits = jnp.where(mask[..., None], logits, jnp.zeros_like(logits))
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return _masked_mean(losses, mask, average)
-
-
-def mean_squared_error(
-    predictions: Array, targets: Array, mask: Array | None = None, *, average: bool = True
-) -> Array:
-    """Squared error summed over features, averaged (or summed) over valid positions.
-
-    Args:
-        predictions: ``[..., O]``.
-        targets: ``[..., O]``.
-        mask: ``[...]`` booleans over positions (features excluded); all when None.
-        average: mean over valid positions (True) or their sum.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> float(mean_squared_error(jnp.ones((2, 3)), jnp.zeros((2, 3))))
-        3.0
-    """
-    if predictions.shape != targets.shape:
-        raise ValueError(
-            f"mean_squared_error: targets must have the shape of predictions, "
-            f"{predictions.shape}; got {targets.shape}"
-        )
-    mask = _loss_mask(mask, predictions.shape[:-1], "mean_squared_error")
-    error = predictions - targets
-    if mask is not None:  # as in cross_entropy: NaN at padded positions stays out
-        error = jnp.where(mask[..., None], error, jnp.zeros_like(error))
-    return _masked_mean(jnp.sum(error**2, axis=-1), mask, average)
-
-
-def sequence_mask(lengths: Array, num_steps: int, *, time_axis: int = 0) -> Array:
-    """Booleans ``[T, *B]`` (time on ``time_axis``), True for steps before each length.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> sequence_mask(jnp.array([2, 0]), 3).astype(int).tolist()
-        [[1, 0], [1, 0], [0, 0]]
-    """
-    lengths = jnp.asarray(lengths)
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise TypeError(f"sequence_mask: lengths must be integers; got dtype {lengths.dtype}")
-    return jnp.moveaxis(_checks.valid_steps(lengths, num_steps), 0, time_axis)
 
 
 def default_optimizer(
@@ -169,11 +77,14 @@ def default_optimizer(
     return optax.chain(*parts)
 
 
-# optax.tree.norm replaced optax.global_norm (deprecated) in newer optax.
-_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
+def global_norm(tree: PyTree) -> Array:
+    """The global L2 norm of a pytree of arrays (what every step reports before clipping)."""
+    # optax.tree.norm replaced optax.global_norm (deprecated) in newer optax.
+    return optax.tree.norm(tree) if hasattr(optax, "tree") else optax.global_norm(tree)
 
 
-def _update(optimizer, params, opt_state, grads):
+def apply_gradients(optimizer, params: PyTree, opt_state, grads: PyTree):
+    """``(params, opt_state)`` after one update of ``optimizer`` with ``grads``."""
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state
 
@@ -212,8 +123,8 @@ def bptt_step(
 
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        grad_norm = _global_norm(grads)
-        params, opt_state = _update(optimizer, params, opt_state, grads)
+        grad_norm = global_norm(grads)
+        params, opt_state = apply_gradients(optimizer, params, opt_state, grads)
         return params, opt_state, StepMetrics(loss, grad_norm)
 
     return step
@@ -241,8 +152,8 @@ def tbptt_step(
     def step(params, opt_state, carry, window):
         carry = jax.lax.stop_gradient(carry)
         (loss, next_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, carry, window)
-        grad_norm = _global_norm(grads)
-        params, opt_state = _update(optimizer, params, opt_state, grads)
+        grad_norm = global_norm(grads)
+        params, opt_state = apply_gradients(optimizer, params, opt_state, grads)
         return params, opt_state, jax.lax.stop_gradient(next_carry), StepMetrics(loss, grad_norm)
 
     return step

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from seqjax import ElmanCell, GRUCell, LSTMCell, bench, cli
+from seqjax import ElmanCell, GRUCell, LSTMCell
+from seqjax.apps import bench, cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import _peers  # noqa: E402

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import char_lm, checkpoint, cli, data, generate
+from seqjax import checkpoint, generate
+from seqjax.apps import char_lm, cli, data
 from tests.conftest import random_like, tree_allclose
 
 
@@ -231,7 +232,7 @@ def test_sampling_follows_the_temperature():
 TWO_DEVICES = textwrap.dedent(
     """
     import json, sys
-    from seqjax import cli
+    from seqjax.apps import cli
     corpus, root = sys.argv[1], sys.argv[2]
     common = ["train-charlm", "--devices", "2", "--corpus", corpus, "--hidden-size", "16",
               "--embed-size", "8", "--batch-size", "4", "--window", "8", "--length", "20",
@@ -239,7 +240,7 @@ TWO_DEVICES = textwrap.dedent(
     codes = [cli.main([*common, "--steps", "10"]), cli.main([*common, "--steps", "20"])]
     import jax
     import numpy as np
-    from seqjax import char_lm
+    from seqjax.apps import char_lm
     model, resumed = char_lm.load_trained(root + "/ck")
     quiet = dict(progress=False, log=lambda _: None)
     _, whole, _ = char_lm.train_char_lm(model.config, 20, devices=2, **quiet)

@@ -17,6 +17,15 @@ from seqjax import (
     embedded_unroll,
     unroll,
 )
+from seqjax.cells import (
+    JacobianDiagonal,
+    LinearRecurrence,
+    ProjectWeight,
+    RecurWeight,
+    SplitStep,
+    SummedUpdate,
+    supports,
+)
 from seqjax.embedded import _Lookup, can_fold
 from tests.conftest import random_like, tree_allclose
 from tests.registry import CELLS, H
@@ -155,15 +164,16 @@ def test_bad_ids_and_table_are_refused():
         embedded_unroll(cell, params, jnp.ones((V, 2), jnp.float32), jnp.zeros((T, B), jnp.int32))
 
 
-@pytest.mark.parametrize("name", ["lstm", "min_gru"])
+@pytest.mark.parametrize("name", ["lstm", "gru", "min_gru", "lstm_zoneout"])
 def test_the_lookup_cell_offers_what_the_wrapped_cell_offers(name):
-    """The structured derivative and quasi-DEER look for these methods on the cell."""
+    """The structured derivative and quasi-DEER ask the cell for these capabilities."""
     cell = CELLS[name]
     wrapped = _Lookup(cell)
-    for method in ("recur", "update", "recur_weight", "jacobian_diagonal"):
-        assert hasattr(wrapped, method) == hasattr(cell, method), method
-    assert not hasattr(wrapped, "project_weight")  # its projection is a lookup
-    if hasattr(cell, "jacobian_diagonal"):
+    kept = (SplitStep, SummedUpdate, RecurWeight, JacobianDiagonal, LinearRecurrence)
+    for capability in kept:
+        assert supports(wrapped, capability) == supports(cell, capability), capability
+    assert not supports(wrapped, ProjectWeight)  # its projection is a lookup
+    if supports(cell, JacobianDiagonal) and name == "lstm":
         params, _, _, carry = _problem(cell)
         px = jnp.ones((B, 4 * H), jnp.float64)
         tree_allclose(

@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 
 from seqjax import (
+    DEER,
     Bidirectional,
     Dense,
     Embedding,
     GRUCell,
     LSTMCell,
+    Scan,
     Stack,
     cross_entropy,
     last_valid,
     sequence_mask,
     unroll,
-    unroll_parallel,
 )
 
 CELL = LSTMCell(3, 4)
@@ -42,7 +43,6 @@ XS = jnp.zeros((5, 2, 3), jnp.float32)
         (XS, {"resets": jnp.zeros((5, 2), jnp.int32)}, TypeError, ["resets", "booleans"]),
         (XS, {"truncate": 0}, ValueError, ["truncate", "positive", "0"]),
         (XS, {"truncate": True}, ValueError, ["truncate", "positive int", "True"]),
-        (XS, {"unroll": 0}, ValueError, ["unroll", "positive int", "got 0"]),
         (XS, {"method": "bogus"}, ValueError, ["unroll: method", "sequential", "'bogus'"]),
     ],
 )
@@ -82,8 +82,10 @@ def test_training_helpers_and_stacks_name_their_bad_arguments():
     params = stack.init(jax.random.key(0))
     with pytest.raises(ValueError, match="Stack: params must hold one entry per layer, 2; got 1"):
         stack(params[:1], XS)
-    with pytest.raises(ValueError, match="unroll_parallel: tol must be > 0"):
-        unroll_parallel(CELL, PARAMS, XS, method="deer", tol=-1.0)
+    with pytest.raises(ValueError, match="Scan: unroll must be a positive int; got 0"):
+        Scan(unroll=0)
+    with pytest.raises(ValueError, match="DEER: tol must be > 0"):
+        unroll(CELL, PARAMS, XS, method=DEER(tol=-1.0))
 
 
 def test_errors_are_raised_at_trace_time_under_jit():

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax.data import adding_problem
+from seqjax.apps.data import adding_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +43,7 @@ def test_adding_problem_targets_are_the_marked_sums():
 
 def test_plots_write_pngs(tmp_path):
     pytest.importorskip("matplotlib")
-    from seqjax.plots import plot_gradient_flow, plot_hidden_states
+    from seqjax.apps.plots import plot_gradient_flow, plot_hidden_states
 
     path = plot_gradient_flow({"a": [1e-3, 1e-2, 1.0]}, tmp_path / "flow.png")
     assert Path(path).stat().st_size > 1000

@@ -131,9 +131,14 @@ def test_nnx_adapter_runs_sequence_layers_and_steps(key):
     assert _trace(adapter, params, xs) == _trace(raw, params, xs)  # the same program
     state = nnx.state(rnn, nnx.Param)
     assert state["params"][0]["forward"]["w_h"].shape == (H, 3 * H)
-    with pytest.raises(ValueError, match="reverse=True runs a single cell"):
-        rnn(xs, reverse=True)
-    with pytest.raises(TypeError, match="step-by-step evaluation needs every layer"):
+    # reverse runs the whole layer on the time-reversed valid prefix, as the layer does.
+    tree_allclose(
+        rnn(xs, lengths=lengths, time_axis=1, reverse=True),
+        layer(params, xs, lengths=lengths, time_axis=1, reverse=True),
+        rtol=0,
+        atol=0,
+    )
+    with pytest.raises(TypeError, match=r"step needs a cell \(or a Stack of cells\)"):
         rnn.step(rnn.init_carry((B,)), xs[:, 0])
     cell_rnn = flax_nnx.Recurrent(LSTMCell(I, H), params=LSTMCell(I, H).init(key))
     carry = cell_rnn.init_carry((B,))

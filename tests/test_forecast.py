@@ -21,12 +21,10 @@ from seqjax.forecast import (
     fit_linear_ar,
     forecast,
     last_value_forecast,
-    mase,
-    nrmse,
     one_step_loss,
     origins,
-    rmse,
 )
+from seqjax.losses import mase, nrmse, rmse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,7 +252,7 @@ def test_origins_cut_contexts_and_futures():
 
 def test_sunspots_load_from_statsmodels():
     pytest.importorskip("statsmodels")
-    from seqjax.data import sunspots
+    from seqjax.apps.data import sunspots
 
     years, values = sunspots()
     assert years.shape == values.shape == (309,)

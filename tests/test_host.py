@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-import seqjax
+import seqjax.apps.host
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -23,14 +23,14 @@ CHILD = textwrap.dedent(
     """
     import json, resource, sys, warnings
     warnings.simplefilter("error")
-    import seqjax
+    import seqjax.apps.host
     if sys.argv[1] == "before":
-        applied = seqjax.keep_freed_memory()
+        applied = seqjax.apps.host.keep_freed_memory()
     import jax, jax.numpy as jnp
     if sys.argv[1] == "after":
         jnp.ones(1).block_until_ready()
         try:
-            seqjax.keep_freed_memory()
+            seqjax.apps.host.keep_freed_memory()
             applied = "no warning"
         except RuntimeWarning as warning:
             applied = str(warning)
@@ -78,4 +78,4 @@ def test_called_after_jax_started_warns():
 
 @pytest.mark.skipif(GLIBC, reason="the no-op path is for C libraries other than glibc")
 def test_elsewhere_changes_nothing():
-    assert seqjax.keep_freed_memory() is False
+    assert seqjax.apps.host.keep_freed_memory() is False

@@ -1,4 +1,4 @@
-"""Parallel-in-time evaluation (seqjax.parallel) equals the sequential scan, with gradients."""
+"""Parallel-in-time methods (Associative, DEER, QuasiDEER) equal the sequential scan."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ import numpy as np
 import pytest
 
 import seqjax
-from seqjax import ElmanCell, GRUCell, LSTMCell, unroll, unroll_reference
-from seqjax.parallel import jacobian_diagonal, unroll_parallel, unroll_parallel_with_info
+from seqjax import (
+    DEER,
+    ElmanCell,
+    GRUCell,
+    LSTMCell,
+    QuasiDEER,
+    jacobian_diagonal,
+    methods,
+    unroll,
+    unroll_reference,
+    unroll_with_info,
+)
 from tests.conftest import random_like
-from tests.registry import CELLS
+from tests.registry import CELLS, every_cell
 
 T = 12
 LENGTHS = [T, 7, 0]
@@ -39,6 +49,11 @@ def _setup(cell, batch=3):
     return params, xs, carry, jnp.asarray(LENGTHS[:batch], jnp.int32), resets
 
 
+def _method(method, **options):
+    """The method object of a shorthand, with Newton options."""
+    return {"deer": DEER, "quasi_deer": QuasiDEER}[method](**options) if options else method
+
+
 def _compare(cell, method, reverse, **options):
     """Outputs, final carry and gradients (params, xs, carry) against ``unroll``: one jit each."""
     params, xs, carry, lengths, resets = _setup(cell)
@@ -49,7 +64,7 @@ def _compare(cell, method, reverse, **options):
         return unroll(cell, p, x, c, **kw)
 
     def parallel(p, x, c):
-        return unroll_parallel(cell, p, x, c, method=method, **kw, **options)
+        return unroll(cell, p, x, c, method=_method(method, **options), **kw)
 
     def value_and_grad(run):
         def loss(p, x, c):
@@ -108,24 +123,30 @@ def test_cells_drawing_noise_per_row_equal_sequential(name, method):
         return jax.jit(jax.grad(lambda x, c: loss(run, x, c), argnums=(0, 1), has_aux=True))
 
     want = check(lambda x, c: unroll(cell, params, x, c, lengths=lengths))(xs, carry)
-    got = check(lambda x, c: unroll_parallel(cell, params, x, c, method=method, lengths=lengths))(
-        xs, carry
-    )
+    got = check(lambda x, c: unroll(cell, params, x, c, method=method, lengths=lengths))(xs, carry)
     _close(got, want)
-    _, _, info = unroll_parallel_with_info(cell, params, xs, carry, method=method, lengths=lengths)
+    _, _, info = unroll_with_info(cell, params, xs, carry, method=method, lengths=lengths)
     assert bool(info.converged)
 
 
-def test_sequential_adjoint_and_damping_give_the_same_gradients():
-    _compare(CELLS["gru"], "quasi_deer", False, adjoint="sequential", damping=0.5)
+def test_sequential_derivative_and_damping_give_the_same_gradients():
+    _compare(CELLS["gru"], "quasi_deer", False, derivative="sequential", damping=0.5)
 
 
-@pytest.mark.parametrize("name", ["elman_tanh", "elman_relu", "gru", "gru_reset_before", "lstm"])
-def test_analytic_jacobian_diagonal_equals_autodiff(name):
-    cell = CELLS[name]
+@every_cell
+@pytest.mark.parametrize("noise", [False, True], ids=["plain", "noise"])
+def test_analytic_jacobian_diagonal_equals_autodiff(cell, noise):
+    """Every cell (and wrapper) that supports JacobianDiagonal gives the dense Jacobian's."""
+    if not seqjax.supports(cell, seqjax.JacobianDiagonal):
+        pytest.skip("no analytic diagonal: quasi-DEER uses autodiff's")
+    if noise and not seqjax.supports(cell, seqjax.Noisy):
+        pytest.skip("no noise to draw")
     params = random_like(cell.init(jax.random.key(0)), jax.random.key(4))  # non-zero biases
-    carry = random_like(cell.init_carry(), jax.random.key(1))
-    px = cell.project(params, jax.random.normal(jax.random.key(2), (cell.input_size,), jnp.float32))
+    if noise:
+        params = seqjax.with_noise(cell, params, jax.random.key(5), batch_shape=(2,))
+    carry = random_like(cell.init_carry((2,)), jax.random.key(1))
+    x = jax.random.normal(jax.random.key(2), (2, cell.input_size), jnp.float32)
+    px = cell.project(params, x)
     flat, unravel = jax.flatten_util.ravel_pytree(carry)
     dense = jax.jacfwd(
         lambda s: jax.flatten_util.ravel_pytree(cell.step(params, unravel(s), px)[0])[0]
@@ -133,6 +154,11 @@ def test_analytic_jacobian_diagonal_equals_autodiff(name):
     want = jnp.diagonal(dense(flat))
     got = jax.flatten_util.ravel_pytree(jacobian_diagonal(cell, params, carry, px))[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_wrappers_keep_the_analytic_diagonal():
+    for name in ("lstm_dropout", "lstm_zoneout", "gru_learned_init", "lstm", "gru"):
+        assert seqjax.supports(CELLS[name], seqjax.JacobianDiagonal), name
 
 
 def test_resets_on_padded_steps_are_ignored():
@@ -144,14 +170,17 @@ def test_resets_on_padded_steps_are_ignored():
         want = unroll_reference(
             cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse
         )
-        got = unroll_parallel(
+        got = unroll(
             cell, params, xs, carry, lengths=lengths, resets=resets, reverse=reverse, method=method
         )
         _close(got, want)
     cell = CELLS["min_gru"]
     params = cell.init(jax.random.key(0))
     want = unroll_reference(cell, params, xs, lengths=lengths, resets=resets, reverse=True)
-    _close(unroll_parallel(cell, params, xs, lengths=lengths, resets=resets, reverse=True), want)
+    got = unroll(
+        cell, params, xs, lengths=lengths, resets=resets, reverse=True, method="associative"
+    )
+    _close(got, want)
 
 
 def test_chaotic_cell_falls_back_to_sequential():
@@ -164,9 +193,8 @@ def test_chaotic_cell_falls_back_to_sequential():
     @jax.jit
     def run(p):
         def loss(p, fallback, max_iters):
-            _, ys, info = unroll_parallel_with_info(
-                cell, p, xs, method="quasi_deer", max_iters=max_iters, fallback=fallback
-            )
+            method = QuasiDEER(max_iters=max_iters, fallback=fallback)
+            _, ys, info = unroll_with_info(cell, p, xs, method=method)
             return jnp.sum(ys), (ys, info)
 
         grad_fallback = jax.grad(lambda p: loss(p, True, 8), has_aux=True)(p)
@@ -183,7 +211,7 @@ def test_chaotic_cell_falls_back_to_sequential():
     assert not np.allclose(ys_unconverged, want, atol=1e-3), "the fallback must matter here"
     # Newton still converges, but only after T iterations: nothing is gained in parallel.
     assert bool(exhaustive.converged) and int(exhaustive.iterations) >= num_steps - 2
-    _, _, info = unroll_parallel_with_info(cell, cell.init(jax.random.key(0)), xs, method="deer")
+    _, _, info = unroll_with_info(cell, cell.init(jax.random.key(0)), xs, method="deer")
     assert bool(info.converged) and int(info.iterations) < 8  # a contracting cell: few
 
 
@@ -197,7 +225,7 @@ def test_log_space_scan_survives_long_products():
     params = cell.init(jax.random.key(0))
     params = params._replace(b=params.b.at[: cell.hidden_size].set(30.0))  # z ~ 1, a ~ 1e-13
     xs = jax.random.normal(jax.random.key(1), (40, 2, cell.input_size), jnp.float32)
-    got = jax.jit(lambda p, x: unroll_parallel(cell, p, x))(params, xs)
+    got = jax.jit(lambda p, x: unroll(cell, p, x, method="associative"))(params, xs)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(got))
     _close(got, unroll(cell, params, xs))
 
@@ -205,9 +233,7 @@ def test_log_space_scan_survives_long_products():
 def test_batch_major_jit_and_vmap():
     cell = CELLS["lstm"]
     params, xs, carry, lengths, _ = _setup(cell)
-    run = jax.jit(
-        lambda x, n: unroll_parallel(cell, params, x, lengths=n, method="quasi_deer", time_axis=1)
-    )
+    run = jax.jit(lambda x, n: unroll(cell, params, x, lengths=n, method="quasi_deer", time_axis=1))
     got = run(jnp.swapaxes(xs, 0, 1), lengths)
     want = unroll(cell, params, xs, lengths=lengths)
     _close((got[0], jnp.swapaxes(got[1], 0, 1)), want)
@@ -217,21 +243,31 @@ def test_bad_arguments_are_named():
     cell = GRUCell(3, 4)
     params = cell.init(jax.random.key(0))
     xs = jnp.zeros((5, 3), jnp.float32)
-    with pytest.raises(ValueError, match="coefficients"):
-        unroll_parallel(cell, params, xs, method="associative")
-    with pytest.raises(ValueError, match="method must be one of"):
-        unroll_parallel(cell, params, xs, method="newton")
-    with pytest.raises(ValueError, match="adjoint"):
-        unroll_parallel(cell, params, xs, method="deer", adjoint="implicit")
+    with pytest.raises(ValueError, match="LinearRecurrence"):
+        unroll(cell, params, xs, method="associative")
+    with pytest.raises(ValueError, match="method must be"):
+        unroll(cell, params, xs, method="newton")
+    with pytest.raises(ValueError, match="derivative"):
+        DEER(derivative="implicit")
+    with pytest.raises(ValueError, match="tol"):
+        QuasiDEER(tol=-1.0)
+    with pytest.raises(ValueError, match="max_iters"):
+        DEER(max_iters=2.5)
     with pytest.raises(TypeError, match="floating"):
-        unroll_parallel(LSTMCell(3, 4), params, xs.astype(jnp.int32), method="deer")
+        unroll(LSTMCell(3, 4), params, xs.astype(jnp.int32), method="deer")
     with pytest.raises(ValueError, match="lengths"):
-        unroll_parallel(cell, params, xs[:, None], lengths=jnp.array([6]), method="deer")
+        unroll(cell, params, xs[:, None], lengths=jnp.array([6]), method="deer")
+
+
+def test_method_objects_are_hashable_values():
+    """Equal options compare equal (one jit cache entry); shorthands name default objects."""
+    assert hash(DEER(tol=1e-5)) == hash(DEER(tol=1e-5)) and DEER(tol=1e-5) == DEER(tol=1e-5)
+    assert methods.resolve("quasi_deer") == QuasiDEER() != DEER()
 
 
 @pytest.mark.parametrize("name, method", [("min_gru", "associative"), ("gru", "quasi_deer")])
 def test_unroll_method_dispatches_to_the_parallel_evaluation(name, method, key):
-    """``unroll(method=...)`` gives unroll_parallel's (and the sequential scan's) results."""
+    """``unroll(method=...)`` gives the sequential scan's results."""
 
     cell = CELLS[name]
     params = cell.init(key)

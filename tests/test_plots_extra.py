@@ -63,7 +63,7 @@ def test_unit_correlations_equal_numpy_corrcoef():
 
 def test_plot_hidden_states_selects_units_and_wraps(tmp_path):
     pytest.importorskip("matplotlib")
-    from seqjax.plots import plot_hidden_states
+    from seqjax.apps.plots import plot_hidden_states
 
     states = 3.0 * np.random.default_rng(0).standard_normal((50, 20))  # unbounded, like c
     text = list("def f(x):\n    return 'a' + x  # note\n" + "y" * 13)
@@ -85,7 +85,7 @@ def test_plot_hidden_states_selects_units_and_wraps(tmp_path):
 
 def test_a_wrapped_panel_draws_each_step_in_its_column(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from seqjax import plots
+    from seqjax.apps import plots
 
     saved = []
     monkeypatch.setattr(plots, "_save", lambda fig, path, **_: saved.append(fig) or str(path))
@@ -101,7 +101,7 @@ def test_a_wrapped_panel_draws_each_step_in_its_column(tmp_path, monkeypatch):
 
 def test_a_failed_plot_leaves_no_figure_open_and_no_file_changed(tmp_path):
     plt = pytest.importorskip("matplotlib.pyplot")
-    from seqjax import plots
+    from seqjax.apps import plots
 
     path = tmp_path / "flow.xyz"
     path.write_bytes(b"an older picture")
@@ -128,7 +128,7 @@ def test_a_failed_plot_leaves_no_figure_open_and_no_file_changed(tmp_path):
 def test_plot_forecasts_and_jacobian_spectrum_write_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     from seqjax import ElmanCell
-    from seqjax.plots import plot_forecasts, plot_jacobian_spectrum
+    from seqjax.apps.plots import plot_forecasts, plot_jacobian_spectrum
 
     truth = np.sin(np.arange(20) / 3)
     path = plot_forecasts(

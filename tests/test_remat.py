@@ -1,4 +1,4 @@
-"""Rematerialisation over time, ``unroll(remat=...)``: same values and gradients, less memory."""
+"""Rematerialisation, ``unroll(method=Remat(k))``: same values and gradients, less memory."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from seqjax import Bidirectional, LSTMCell, MinGRUCell, Stack, unroll
+from seqjax import Bidirectional, LSTMCell, Remat, Scan, Stack, unroll
 from tests.conftest import tree_allclose
 from tests.registry import CELLS
 
@@ -36,11 +36,12 @@ def test_remat_keeps_values_and_gradients(name, key):
     xs = jax.random.normal(jax.random.key(1), (T, 3, cell.input_size), jnp.float32)
     weights = jax.random.normal(jax.random.key(2), (T, 3, cell.hidden_size), jnp.float32)
     resets = jnp.zeros((T, 3), bool).at[4, 0].set(True).at[2, 2].set(True)
-    options = dict(
-        lengths=jnp.array([T, 5, 0]), resets=resets, truncate=4, reverse=True, backward="autodiff"
+    options = dict(lengths=jnp.array([T, 5, 0]), resets=resets, truncate=4, reverse=True)
+    plain = _loss_and_grads(
+        cell, params, xs, weights, method=Scan(derivative="autodiff"), **options
     )
-    plain = _loss_and_grads(cell, params, xs, weights, **options)
-    tree_allclose(_loss_and_grads(cell, params, xs, weights, remat=(3, 2), **options), plain, **TOL)
+    got = _loss_and_grads(cell, params, xs, weights, method=Remat((3, 2)), **options)
+    tree_allclose(got, plain, **TOL)
 
 
 @pytest.mark.parametrize("remat", [1, 3, 100, (5, 2)])
@@ -52,7 +53,7 @@ def test_remat_chunk_sizes_forward(remat, key):
     weights = jax.random.normal(jax.random.key(2), (T, 2, cell.hidden_size), jnp.float32)
     lengths = jnp.array([T, 3])
     plain = _loss_and_grads(cell, params, xs, weights, lengths=lengths)
-    got = _loss_and_grads(cell, params, xs, weights, lengths=lengths, remat=remat)
+    got = _loss_and_grads(cell, params, xs, weights, lengths=lengths, method=Remat(remat))
     tree_allclose(got, plain, **TOL)
 
 
@@ -68,7 +69,7 @@ def test_layers_pass_remat_to_every_unroll(key):
     xs = jax.random.normal(jax.random.key(1), (2, T, 3), jnp.float32)  # batch-major
 
     def run(params, remat):
-        return layer(params, xs, time_axis=1, remat=remat)
+        return layer(params, xs, time_axis=1, method=None if remat is None else Remat(remat))
 
     tree_allclose(run(params, 3), run(params, None), **TOL)
     assert _checkpoints(lambda p: run(p, None), params) == 0
@@ -81,7 +82,8 @@ def _temp_bytes(remat, steps=400):
     xs = jnp.ones((steps, 4, 8), jnp.float32)
 
     def loss(params, xs):
-        return jnp.mean(unroll(cell, params, xs, remat=remat)[1] ** 2)
+        method = None if remat is None else Remat(remat)
+        return jnp.mean(unroll(cell, params, xs, method=method)[1] ** 2)
 
     compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, xs).compile()
     analysis = compiled.memory_analysis()
@@ -103,27 +105,23 @@ def test_remat_reduces_the_memory_of_the_backward_pass():
 @pytest.mark.parametrize(
     "remat, match",
     [
-        (0, "remat must be None, a positive int"),
-        (-2, "remat must be None, a positive int"),
-        ((), "remat must be None, a positive int"),
-        ((4, 0), "remat must be None, a positive int"),
-        (2.5, "remat must be None, a positive int"),
-        (True, "remat must be None, a positive int"),
+        (0, "chunks must be a positive int"),
+        (-2, "chunks must be a positive int"),
+        ((), "chunks must be a positive int"),
+        ((4, 0), "chunks must be a positive int"),
+        (2.5, "chunks must be a positive int"),
+        (True, "chunks must be a positive int"),
     ],
 )
-def test_bad_remat_is_rejected(remat, match, key):
-    cell = CELLS["gru"]
-    xs = jnp.ones((T, cell.input_size), jnp.float32)
+def test_bad_remat_is_rejected(remat, match):
     with pytest.raises(ValueError, match=match):
-        unroll(cell, cell.init(key), xs, remat=remat)
+        Remat(remat)
 
 
-def test_remat_with_custom_backward_or_a_parallel_method_is_rejected(key):
-    cell = CELLS["lstm"]
-    xs = jnp.ones((T, cell.input_size), jnp.float32)
-    with pytest.raises(ValueError, match="remat uses the autodiff derivative"):
-        unroll(cell, cell.init(key), xs, remat=2, backward="custom")
-    cell = MinGRUCell(input_size=3, hidden_size=4)
-    xs = jnp.ones((T, 3), jnp.float32)
-    with pytest.raises(ValueError, match="remat applies to method='sequential'"):
-        unroll(cell, cell.init(key), xs, remat=2, method="associative")
+def test_remat_on_an_empty_sequence(key):
+    """T = 0 returns the initial carry and no outputs (it raised an internal TypeError)."""
+    cell = CELLS["gru"]
+    params = cell.init(key)
+    xs = jnp.ones((0, 2, cell.input_size), jnp.float32)
+    carry, ys = unroll(cell, params, xs, method=Remat(2))
+    assert ys.shape == (0, 2, cell.hidden_size) and float(jnp.abs(carry).sum()) == 0.0

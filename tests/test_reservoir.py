@@ -15,22 +15,23 @@ import pytest
 from jax.experimental import sparse as jsparse
 
 from seqjax import DenseParams, EchoStateCell, EchoStateNetwork, bptt_step, unroll
+from seqjax.apps.series import mackey_glass
 from seqjax.cells._esn import _uniform_positions
+from seqjax.forecast import forecast
+from seqjax.losses import nrmse
 from seqjax.reservoir import (
+    EchoStateNetworkParams,
     FeedbackCarry,
     feedback_weights,
     force_run,
     force_train,
-    forecast,
     from_reservoirpy,
-    nrmse,
     readout_features,
     ridge_regression,
     rls_init,
     rls_regression,
     spectral_radius,
 )
-from seqjax.series import mackey_glass
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -332,22 +333,14 @@ def test_closed_loop_forecast_equals_step_by_step_reference(key, input_to_readou
     w = 0.2 * jax.random.normal(jax.random.key(2), (features, 2), jnp.float32)
     readout = DenseParams(w=w, b=jnp.array([0.1, -0.1], jnp.float32))
     warmup = jax.random.normal(jax.random.key(3), (7, 2, 2), jnp.float32)
-    _, ys = forecast(cell, params, readout, warmup, 9, input_to_readout=input_to_readout)
+    esn = EchoStateNetwork(cell, 2, input_to_readout=input_to_readout)
+    ys = forecast(esn, EchoStateNetworkParams(params, readout), warmup, 9)
     want = _forecast_reference(cell, params, readout, warmup, 9, input_to_readout)
     assert ys.shape == (9, 2, 2)
     np.testing.assert_allclose(ys, want, rtol=1e-5, atol=1e-5)
-    _, ys_batch_major = forecast(
-        cell,
-        params,
-        readout,
-        jnp.swapaxes(warmup, 0, 1),
-        9,
-        time_axis=1,
-        input_to_readout=input_to_readout,
-    )
-    np.testing.assert_allclose(jnp.swapaxes(ys_batch_major, 0, 1), ys, rtol=1e-6, atol=1e-6)
-    with pytest.raises(ValueError, match="readout.w must have shape"):
-        forecast(cell, params, readout, warmup, 9, input_to_readout=not input_to_readout)
+    wide = EchoStateNetwork(cell, 3, input_to_readout=input_to_readout)  # O != I: no loop
+    with pytest.raises(ValueError, match="shaped like its input"):
+        forecast(wide, wide.init(key), warmup, 9)
 
 
 def test_esn_learns_mackey_glass_and_forecasts_closed_loop():
@@ -363,7 +356,7 @@ def test_esn_learns_mackey_glass_and_forecasts_closed_loop():
     )
     _, one_step = esn(params, series[:1000])
     assert float(jnp.sqrt(jnp.mean((one_step[800:] - series[801:1001]) ** 2))) < 0.01
-    _, closed = esn.forecast(params, series[:800], num_steps=84)
+    closed = forecast(esn, params, series[:800], horizon=84)
     # Mackey-Glass varies by ~0.23 (std); 84 closed-loop steps of a 200-unit ESN stay close.
     assert float(jnp.sqrt(jnp.mean((closed - series[800:884]) ** 2))) < 0.05
 

@@ -1,11 +1,11 @@
-"""The benchmark series of seqjax.series: Mackey-Glass and Lorenz-63."""
+"""The benchmark series of seqjax.apps.series: Mackey-Glass and Lorenz-63."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from seqjax.series import lorenz, mackey_glass
+from seqjax.apps.series import lorenz, mackey_glass
 
 
 def _first_autocorrelation_minimum(x: np.ndarray, max_lag: int = 100) -> int:

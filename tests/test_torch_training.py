@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import DenseParams, EmbeddingParams, char_lm, data, train
+from seqjax import DenseParams, EmbeddingParams, train
+from seqjax.apps import char_lm, data
 from seqjax.interop.torch import params_from_torch
 from tests.conftest import tree_allclose
 

@@ -9,12 +9,10 @@ import optax
 import pytest
 
 from seqjax import Dense, GRUCell, LSTMCell, Stack, unroll
+from seqjax.losses import cross_entropy, mean_squared_error, sequence_mask
 from seqjax.train import (
     bptt_step,
-    cross_entropy,
     default_optimizer,
-    mean_squared_error,
-    sequence_mask,
     stream_windows,
     tbptt_scan,
     tbptt_step,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import Bidirectional, Stack, unroll, unroll_reference
+from seqjax import Bidirectional, Scan, Stack, unroll, unroll_reference
 from tests.conftest import random_like, tree_allclose
 from tests.registry import CELLS, every_carry_kind, every_cell
 
@@ -66,9 +66,8 @@ def test_projection_placement_and_scan_unroll_do_not_change_results(cell, key, h
     params = cell.init(key)
     xs = _inputs(cell, (3,))
     lengths = jnp.array([T, 0, 3])
-    got = unroll(
-        cell, params, xs, lengths=lengths, hoist_projection=hoist, unroll=scan_unroll, reverse=True
-    )
+    method = Scan(hoist_projection=hoist, unroll=scan_unroll)
+    got = unroll(cell, params, xs, lengths=lengths, method=method, reverse=True)
     tree_allclose(got, unroll_reference(cell, params, xs, lengths=lengths, reverse=True), **TOL)
 
 
@@ -281,8 +280,8 @@ def test_truncate_equals_windows_cut_by_hand(cell, key, k):
 
 @every_cell
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("backward", ["autodiff", "auto"])
-def test_truncate_with_lengths_equals_each_sequence_unpadded(cell, key, reverse, backward):
+@pytest.mark.parametrize("derivative", ["autodiff", None])
+def test_truncate_with_lengths_equals_each_sequence_unpadded(cell, key, reverse, derivative):
     """Padding changes nothing truncation does: the gradients (params, initial carry) of a
     padded batch equal the sum over its sequences run alone, unpadded. A border among a
     sequence's padded steps (4 for length 3) must not cut the carry held through them.
@@ -298,7 +297,7 @@ def test_truncate_with_lengths_equals_each_sequence_unpadded(cell, key, reverse,
     xs, carry = wide(_inputs(cell, (3,))), wide(_random_carry(cell, (3,)))
     y_weights = jax.random.normal(jax.random.key(7), (T, 3, cell.hidden_size), jnp.float64)
     carry_weights = random_like(carry, jax.random.key(8))
-    options = dict(truncate=2, reverse=reverse, backward=backward)
+    options = dict(truncate=2, reverse=reverse, method=Scan(derivative=derivative))
 
     def weighted(final, ys, y_w, c_w):
         carry_term = sum(
@@ -355,8 +354,8 @@ def test_truncate_cuts_reverse_runs_at_the_same_borders(key):
 
 
 @pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8])
-@pytest.mark.parametrize("backward", ["autodiff", "custom"])
-def test_narrow_integer_lengths_equal_int32_lengths(dtype, backward):
+@pytest.mark.parametrize("derivative", ["autodiff", "structured"])
+def test_narrow_integer_lengths_equal_int32_lengths(dtype, derivative):
     # T = 300 is past uint8's and int8's range: the step counter, built in the lengths'
     # dtype, wrapped and read padded steps as valid. Values and gradients must not depend on
     # the dtype, nor may mean_valid's or a tagger's loss (their own step masks).
@@ -370,7 +369,7 @@ def test_narrow_integer_lengths_equal_int32_lengths(dtype, backward):
     @jax.jit
     def run(params, xs, lengths):
         def loss(params, xs):
-            _, ys = unroll(cell, params, xs, lengths=lengths, backward=backward)
+            _, ys = unroll(cell, params, xs, lengths=lengths, method=Scan(derivative=derivative))
             return jnp.sum(ys**2), ys
 
         (_, ys), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs)

@@ -1,5 +1,26 @@
-"""Recurrent cells: one family per file, each satisfying the cell protocol (seqjax._types.Cell)."""
+"""Recurrent cells: one family per file, each a :class:`Cell` with its capabilities.
 
+The cell protocol, its capabilities and the wrapper base live in ``_base.py``; every other
+file holds one family (parameters, carry, cell class and its pure math).
+"""
+
+from seqjax.cells._base import (
+    CAPABILITIES,
+    Cell,
+    CellWrapper,
+    JacobianDiagonal,
+    Layer,
+    LinearRecurrence,
+    LogCoefficients,
+    Noisy,
+    ProjectWeight,
+    RecurWeight,
+    SplitStep,
+    SummedUpdate,
+    jacobian_diagonal,
+    supports,
+    with_noise,
+)
 from seqjax.cells._dropout import DropoutMasks, DropoutParams, VariationalDropoutCell
 from seqjax.cells._elman import ElmanCell, ElmanParams
 from seqjax.cells._esn import EchoStateCell, EchoStateParams, spectral_radius
@@ -16,32 +37,36 @@ from seqjax.cells._lru import LRUCarry, LRUCell, LRUParams
 from seqjax.cells._lstm import LSTMCarry, LSTMCell, LSTMParams
 from seqjax.cells._lstmp import LSTMProjCell, LSTMProjParams
 from seqjax.cells._minimal import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMParams
-from seqjax.cells._noise import with_noise
 from seqjax.cells._peephole import PeepholeLSTMCell, PeepholeLSTMParams
 from seqjax.cells._zoneout import ZoneoutCarry, ZoneoutCell, ZoneoutParams
 
+# The cells chosen by name (``seqjax train-charlm --cell``, ``seqjax bench --cells``): the
+# three classic ones, which PyTorch and Flax also have.
+BY_NAME: dict[str, type[Cell]] = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}
+
 __all__ = [
-    "ElmanCell",
-    "ElmanParams",
-    # echo-state networks (issue 5)
+    "BY_NAME",
+    "CAPABILITIES",
+    "Cell",
+    "CellWrapper",
+    "DropoutMasks",
+    "DropoutParams",
     "EchoStateCell",
     "EchoStateParams",
-    "spectral_radius",
+    "ElmanCell",
+    "ElmanParams",
     "GRUCell",
     "GRUParams",
-    "LSTMCarry",
-    "LSTMCell",
-    "LSTMParams",
+    "JacobianDiagonal",
     "LRUCarry",
     "LRUCell",
     "LRUParams",
-    "MinGRUCell",
-    "MinGRUParams",
-    "MinLSTMCell",
-    "MinLSTMParams",
-    # regularisers and variants (issue 6)
-    "DropoutMasks",
-    "DropoutParams",
+    "LSTMCarry",
+    "LSTMCell",
+    "LSTMParams",
+    "LSTMProjCell",
+    "LSTMProjParams",
+    "Layer",
     "LayerNormGRUCell",
     "LayerNormGRUParams",
     "LayerNormLSTMCell",
@@ -49,14 +74,26 @@ __all__ = [
     "LearnedInitCarry",
     "LearnedInitCell",
     "LearnedInitParams",
-    "LSTMProjCell",
-    "LSTMProjParams",
+    "LinearRecurrence",
+    "LogCoefficients",
+    "MinGRUCell",
+    "MinGRUParams",
+    "MinLSTMCell",
+    "MinLSTMParams",
+    "Noisy",
     "PeepholeLSTMCell",
     "PeepholeLSTMParams",
+    "ProjectWeight",
+    "RecurWeight",
+    "SplitStep",
+    "SummedUpdate",
     "VariationalDropoutCell",
     "ZoneoutCarry",
     "ZoneoutCell",
     "ZoneoutParams",
+    "jacobian_diagonal",
     "layer_norm",
+    "spectral_radius",
+    "supports",
     "with_noise",
 ]

@@ -52,3 +52,13 @@ def block_diagonals(w_h: Array, count: int, shape) -> list[Array]:
         jnp.broadcast_to(jnp.diagonal(w_h[:, k * hidden : (k + 1) * hidden]), shape)
         for k in range(count)
     ]
+
+
+def bernoulli(key: PRNGKey, p: float, shape: tuple[int, ...]) -> Array:
+    """Booleans, True with probability ``p``: a float32 uniform draw below ``p``.
+
+    ``jax.random.bernoulli`` draws its uniform in the default float dtype, so one key gives
+    other draws with ``jax_enable_x64`` on and off; this draw depends on the key alone (and
+    equals ``jax.random.bernoulli``'s with x64 off).
+    """
+    return jax.random.uniform(key, shape, jnp.float32) < p

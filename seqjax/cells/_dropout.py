@@ -9,11 +9,20 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey, PyTree
+from seqjax.cells._base import (
+    CellWrapper,
+    JacobianDiagonal,
+    Noisy,
+    RecurWeight,
+    SplitStep,
+    SummedUpdate,
+    with_noise,
+)
+from seqjax.cells._common import bernoulli
 from seqjax.cells._elman import ElmanCell
 from seqjax.cells._layernorm import LayerNormLSTMCell
 from seqjax.cells._lstm import LSTMCell
 from seqjax.cells._lstmp import LSTMProjCell
-from seqjax.cells._noise import with_noise
 from seqjax.cells._peephole import PeepholeLSTMCell
 
 # Cells whose step reads the state h only through the recurrent matmul ``h W_h``: masking h
@@ -38,7 +47,7 @@ class DropoutParams(NamedTuple):
 
 def _mask(key: PRNGKey, rate: float, shape: tuple[int, ...], dtype) -> Array:
     keep = 1.0 - rate
-    kept = jax.random.bernoulli(key, keep, shape)
+    kept = bernoulli(key, keep, shape)
     return jnp.where(kept, jnp.asarray(1.0 / keep, dtype), jnp.zeros((), dtype))
 
 
@@ -50,7 +59,7 @@ def _params_dtype(params: PyTree):
 
 
 @dataclass(frozen=True)
-class VariationalDropoutCell:
+class VariationalDropoutCell(CellWrapper):
     """Variational dropout on a cell's inputs and recurrent state: one mask per sequence.
 
     Gal & Ghahramani, "A theoretically grounded application of dropout in recurrent neural
@@ -77,6 +86,10 @@ class VariationalDropoutCell:
     is exactly the wrapped cell's (the same operations, bit for bit).
 
     * Carry and output: the wrapped cell's (``[*B, H]`` leaves).
+    * Capabilities: always :class:`~seqjax.cells.Noisy`; the wrapped cell's split step (so
+      the structured derivative), summed update, recurrent weight (``recur_input`` masks
+      ``h``) and Jacobian diagonal are kept; its projection weight is not, since the input
+      mask makes the projection a different matrix for each sequence.
     * Recurrent dropout needs a cell that reads ``h`` only through its recurrent matmul:
       :class:`~seqjax.ElmanCell`, :class:`~seqjax.LSTMCell` and its layer-normalised,
       peephole and projection variants. A GRU also carries ``h`` through ``h' = (1 - z) n +
@@ -104,6 +117,13 @@ class VariationalDropoutCell:
     cell: Any
     input_rate: float = 0.0
     recurrent_rate: float = 0.0
+    # Not ProjectWeight: with an input mask, project is (m_x * x) W_x, a matrix per sequence.
+    forwards = frozenset({SplitStep, SummedUpdate, RecurWeight, JacobianDiagonal})
+    own = frozenset({Noisy})
+
+    @property
+    def shared_rows(self) -> bool:  # type: ignore[override]
+        return False  # the masks are per sequence, [*B, I] and [*B, H]
 
     def __post_init__(self):
         for name in ("input_rate", "recurrent_rate"):
@@ -121,21 +141,9 @@ class VariationalDropoutCell:
                 "only) or ZoneoutCell for it"
             )
 
-    @property
-    def input_size(self) -> int:
-        return self.cell.input_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.cell.hidden_size
-
     def init(self, key: PRNGKey, dtype=jnp.float32) -> DropoutParams:
         """The wrapped cell's params, masks None (dropout off)."""
         return DropoutParams(cell=self.cell.init(key, dtype), masks=None)
-
-    def init_carry(self, batch_shape: tuple[int, ...] = (), dtype=jnp.float32) -> PyTree:
-        """The wrapped cell's initial carry."""
-        return self.cell.init_carry(batch_shape, dtype)
 
     def with_noise(
         self,
@@ -186,11 +194,11 @@ class VariationalDropoutCell:
             xs = xs * jnp.broadcast_to(mask.astype(xs.dtype), shape)
         return self.cell.project(params.cell, xs)
 
-    def step(self, params: DropoutParams, carry: PyTree, px: Array) -> tuple[PyTree, Array]:
-        """One step of the wrapped cell, reading ``m_h * h`` in place of ``h``."""
+    def enter(self, params: DropoutParams, carry: PyTree) -> PyTree:
+        """The carry with ``m_h * h`` in place of ``h`` (unchanged without a recurrent mask)."""
         mask = None if params.masks is None else params.masks.recurrent
         if mask is None:
-            return self.cell.step(params.cell, carry, px)
+            return carry
         state_is_h = not hasattr(carry, "h")  # an array carry is h itself (Elman)
         h = carry if state_is_h else carry.h
         if h.shape != mask.shape:
@@ -199,9 +207,14 @@ class VariationalDropoutCell:
                 f"{h.shape} (draw masks with the batch shape of the carry); got {mask.shape}"
             )
         h = h * mask.astype(h.dtype)
-        masked = h if state_is_h else carry._replace(h=h)
-        return self.cell.step(params.cell, masked, px)
+        return h if state_is_h else carry._replace(h=h)
 
-    def apply(self, params: DropoutParams, carry: PyTree, x: Array) -> tuple[PyTree, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))
+    def jacobian_diagonal(self, params: DropoutParams, carry: PyTree, px: Array) -> PyTree:
+        """The wrapped cell's diagonal at the masked state, its ``h`` part times ``m_h``."""
+        diag = self.cell.jacobian_diagonal(params.cell, self.enter(params, carry), px)
+        mask = None if params.masks is None else params.masks.recurrent
+        if mask is None:
+            return diag
+        if not hasattr(diag, "h"):
+            return diag * mask.astype(diag.dtype)
+        return diag._replace(h=diag.h * mask.astype(diag.h.dtype))

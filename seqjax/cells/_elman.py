@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
+from seqjax.cells._base import Cell
 from seqjax.cells._common import (
     affine,
     block_diagonals,
@@ -28,7 +29,7 @@ class ElmanParams(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ElmanCell:
+class ElmanCell(Cell):
     """Elman (vanilla) RNN cell: ``h' = f(x W_x + h W_h + b)``.
 
     Elman, "Finding structure in time", Cognitive Science 14 (1990). The same cell as
@@ -38,6 +39,8 @@ class ElmanCell:
     * Carry: ``h``, an array ``[*B, H]``; the output ``y`` is the new ``h``.
     * Gate pre-activations (``project``): ``G = H``.
     * Initialisation: ``w_x`` Glorot uniform, ``w_h`` orthogonal, ``b`` zeros.
+    * Capabilities: :class:`~seqjax.cells.SummedUpdate`, :class:`~seqjax.cells.ProjectWeight`,
+      :class:`~seqjax.cells.RecurWeight`, :class:`~seqjax.cells.JacobianDiagonal`.
 
     Attributes:
         input_size: ``I``.
@@ -57,7 +60,6 @@ class ElmanCell:
     input_size: int
     hidden_size: int
     activation: Callable[[Array], Array] = jnp.tanh
-    update_reads_sum = True  # not a field: update reads px + r only (see Cell)
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> ElmanParams:
         """Draw parameters; ``dtype`` is the parameter dtype."""
@@ -84,13 +86,21 @@ class ElmanCell:
         """``W_h`` ``[H, H]``: ``recur`` is ``h W_h`` (see ``Cell``)."""
         return params.w_h
 
+    def recur_input(self, params: ElmanParams, carry: Array) -> Array:
+        """The part of the carry ``recur`` multiplies: ``h`` itself, ``[*B, H]``."""
+        return carry
+
     def recur(self, params: ElmanParams, carry: Array) -> Array:
         """The recurrent matmul ``h W_h``, ``[*B, H]`` (linear in ``w_h``)."""
         return carry @ params.w_h
 
     def update(self, params: ElmanParams, carry: Array, px: Array, r: Array) -> tuple[Array, Array]:
         """The elementwise update ``f(px + r)``; ``px`` and ``r`` are ``[*B, H]``."""
-        h = self.activation(px + r)
+        return self.update_summed(params, carry, px + r)
+
+    def update_summed(self, params: ElmanParams, carry: Array, z: Array) -> tuple[Array, Array]:
+        """The update ``f(z)`` from ``z = px + r``, ``[*B, H]``."""
+        h = self.activation(z)
         return h, h
 
     def step(self, params: ElmanParams, carry: Array, px: Array) -> tuple[Array, Array]:
@@ -99,12 +109,8 @@ class ElmanCell:
 
     def jacobian_diagonal(self, params: ElmanParams, h: Array, px: Array) -> Array:
         """``d carry' / d carry`` on its diagonal, shaped like the carry, without forming the
-        ``[H, H]`` Jacobian (used by quasi-DEER in :mod:`seqjax.parallel`)."""
+        ``[H, H]`` Jacobian (used by :class:`~seqjax.QuasiDEER`)."""
         u = px + h @ params.w_h
         _, slope = jax.jvp(self.activation, (u,), (jnp.ones_like(u),))  # f'(u), f elementwise
         (d,) = block_diagonals(params.w_h, 1, u.shape)
         return slope * d
-
-    def apply(self, params: ElmanParams, carry: Array, x: Array) -> tuple[Array, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))

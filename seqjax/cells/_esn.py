@@ -10,17 +10,28 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse as jsparse
 
 from seqjax._types import Array, PRNGKey
-from seqjax.cells._common import _draw_dtype, affine, zeros_carry
+from seqjax.cells._base import Cell
+from seqjax.cells._common import _draw_dtype, affine, bernoulli, zeros_carry
 
-# Store the reservoir as a BCOO sparse matrix when its connectivity is below this, per
-# backend; dense otherwise. Measured with benchmarks/esn_vs_reservoirpy.py ("storage"): on
-# XLA:CPU a BCOO product costs about as much per stored entry as ~35 dense multiply-adds, so
-# BCOO wins only below ~3 % connectivity (H=2000, c=0.01, B=64: BCOO 4.2x faster; H=1000,
-# c=0.1, B=64: dense 4.0x faster; B=1 alike). Backends not measured keep the dense matrix.
-_SPARSE_BELOW = {"cpu": 0.03}
+# ``sparse=None`` stores the reservoir as a BCOO matrix below this connectivity, dense
+# above: on XLA:CPU a BCOO product costs about as much per stored entry as ~35 dense
+# multiply-adds (benchmarks/results/cpu-esn_vs_reservoirpy.md, "storage"). A fixed rule, not
+# a per-backend one: the parameters' structure must not depend on where they were drawn.
+SPARSE_BELOW = 0.03
+
+
+def _sparse():
+    """``jax.experimental.sparse``, imported when a reservoir needs it (it pulls SciPy)."""
+    from jax.experimental import sparse
+
+    return sparse
+
+
+def is_bcoo(w) -> bool:
+    """Whether ``w`` is a BCOO matrix (without importing the sparse package for a dense one)."""
+    return type(w).__name__ == "BCOO" and isinstance(w, _sparse().BCOO)
 
 
 # ``spectral_radius(method="auto")`` computes every eigenvalue of reservoirs up to this many
@@ -86,12 +97,12 @@ def spectral_radius(
         raise ValueError(f"spectral_radius: w must be a square matrix [H, H]; got shape {w.shape}")
     dtype = _draw_dtype(w.dtype)  # at least float32
     if method == "eigvals" or (method == "auto" and size <= EXACT_UP_TO):
-        dense = w.todense() if isinstance(w, jsparse.BCOO) else jnp.asarray(w)
+        dense = w.todense() if is_bcoo(w) else jnp.asarray(w)
         host = functools.partial(_host_radius, dtype=dtype)
         result = jax.ShapeDtypeStruct((), dtype)
         return jax.pure_callback(host, result, dense, vmap_method="sequential")
-    if isinstance(w, jsparse.BCOO):
-        w = jsparse.BCOO((w.data.astype(dtype), w.indices), shape=w.shape)
+    if is_bcoo(w):
+        w = _sparse().BCOO((w.data.astype(dtype), w.indices), shape=w.shape)
     else:
         w = jnp.asarray(w, dtype)
     p = min(num_vectors, size)
@@ -159,7 +170,7 @@ def _as_tuple_or_float(value, size: int, name: str, where: str):
 
 
 @dataclass(frozen=True)
-class EchoStateCell:
+class EchoStateCell(Cell):
     """Echo-state network reservoir: a fixed random recurrent layer of leaky-integrator units.
 
     Jaeger, "The echo state approach to analysing and training recurrent neural networks",
@@ -192,8 +203,11 @@ class EchoStateCell:
       low connectivity. On the Mackey-Glass benchmark (benchmarks/esn_vs_reservoirpy.py,
       100 seeds) the two layouts gave errors that could not be told apart.
     * Storage: ``w`` is a ``jax.experimental.sparse.BCOO`` matrix when ``sparse`` is True,
-      a dense ``[H, H]`` array when False; None (default) picks per backend by measurement
-      (BCOO below 3 % connectivity on CPU; see ``_SPARSE_BELOW``).
+      a dense ``[H, H]`` array when False. None (default) is resolved at construction, from
+      the connectivity alone (BCOO below ``SPARSE_BELOW`` = 3 %, the break-even measured on
+      XLA:CPU), and recorded in the field: the parameters' structure never depends on the
+      backend, so a checkpoint restores anywhere. Set it explicitly on an accelerator,
+      where dense products are usually faster.
     * Gradients: fixed weights (all leaves by default) sit behind ``lax.stop_gradient``;
       name leaves in ``trainable`` to train them, e.g. ``trainable=("leak_rate",
       "spectral_radius", "input_scaling")`` for hyperparameter gradients.
@@ -258,6 +272,10 @@ class EchoStateCell:
                 raise ValueError(f"{where}: {name} must lie in (0, 1]; got {value!r}")
         if not isinstance(self.fixed_fan_in, bool):
             raise ValueError(f"{where}: fixed_fan_in must be a bool; got {self.fixed_fan_in!r}")
+        if self.sparse is None:  # resolved here, so the choice is recorded in the cell
+            object.__setattr__(self, "sparse", self.connectivity < SPARSE_BELOW)
+        elif not isinstance(self.sparse, bool):
+            raise ValueError(f"{where}: sparse must be a bool or None; got {self.sparse!r}")
         if not self.spectral_radius >= 0.0:
             raise ValueError(f"{where}: spectral_radius must be >= 0; got {self.spectral_radius!r}")
         trainable = self.trainable
@@ -278,11 +296,6 @@ class EchoStateCell:
         ``max(1, round(connectivity * H))`` (about the mean otherwise)."""
         return max(1, round(self.connectivity * self.hidden_size))
 
-    def _use_sparse(self) -> bool:
-        if self.sparse is not None:
-            return bool(self.sparse)
-        return self.connectivity < _SPARSE_BELOW.get(jax.default_backend(), 0.0)
-
     def init(self, key: PRNGKey, dtype=jnp.float32) -> EchoStateParams:
         """Draw the reservoir; ``dtype`` is the parameter dtype.
 
@@ -298,9 +311,9 @@ class EchoStateCell:
         else:
             num_w = max(1, round(self.connectivity * hidden * hidden))
         w_in, w, b = _draw_weights(
-            key, inputs, hidden, num_w, self.fixed_fan_in, num_in, self._use_sparse(), dtype
+            key, inputs, hidden, num_w, self.fixed_fan_in, num_in, self.sparse, dtype
         )
-        values = w.data if isinstance(w, jsparse.BCOO) else w
+        values = w.data if is_bcoo(w) else w
         if not isinstance(values, jax.core.Tracer) and bool(jnp.isnan(values).any()):
             raise ValueError(
                 f"EchoStateCell.init: the reservoir drawn has spectral radius 0 (its {num_w} "
@@ -345,10 +358,6 @@ class EchoStateCell:
         x = (1 - a) * carry + a * self.activation(recurrent + px)
         return x, x
 
-    def apply(self, params: EchoStateParams, carry: Array, x: Array) -> tuple[Array, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))
-
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7))
 def _draw_weights(key, inputs, hidden, num_w, fixed_fan_in, num_in, sparse, dtype):
@@ -375,7 +384,7 @@ def _draw_weights(key, inputs, hidden, num_w, fixed_fan_in, num_in, sparse, dtyp
         values = jax.random.normal(k_w, (num_w,), jnp.float32).astype(draw)
     if sparse:
         indices = jnp.stack([src, dst], axis=-1)
-        w = jsparse.BCOO((values, indices), shape=(hidden, hidden))
+        w = _sparse().BCOO((values, indices), shape=(hidden, hidden))
     else:
         w = jnp.zeros((hidden, hidden), draw).at[src, dst].set(values)
     rho = spectral_radius(w, k_rho)
@@ -385,7 +394,7 @@ def _draw_weights(key, inputs, hidden, num_w, fixed_fan_in, num_in, sparse, dtyp
     typical = jnp.linalg.norm(w.data if sparse else w) / hidden**0.5  # ~rho for random W
     rho = jnp.where(rho > 1e-6 * typical, rho, jnp.nan)
     if sparse:
-        w = jsparse.BCOO(
+        w = _sparse().BCOO(
             ((w.data / rho).astype(dtype), w.indices),
             shape=w.shape,
             indices_sorted=False,
@@ -394,7 +403,7 @@ def _draw_weights(key, inputs, hidden, num_w, fixed_fan_in, num_in, sparse, dtyp
     else:
         w = (w / rho).astype(dtype)
     w_in = _sparse_signs(k_in_pos, k_in_sign, inputs * hidden, num_in, dtype)
-    b = jnp.where(jax.random.bernoulli(k_b, 0.5, (hidden,)), 1.0, -1.0)
+    b = jnp.where(bernoulli(k_b, 0.5, (hidden,)), 1.0, -1.0)
     return w_in.reshape(inputs, hidden), w, b.astype(dtype)
 
 
@@ -405,7 +414,7 @@ def _sparse_signs(key_positions: PRNGKey, key_signs: PRNGKey, size: int, count: 
     # same connections everywhere.
     uniform = jax.random.uniform(key_positions, (size,), jnp.float32)
     positions = jax.lax.top_k(uniform, count)[1]
-    signs = jnp.where(jax.random.bernoulli(key_signs, 0.5, (count,)), 1.0, -1.0)
+    signs = jnp.where(bernoulli(key_signs, 0.5, (count,)), 1.0, -1.0)
     return jnp.zeros((size,), jnp.float32).at[positions].set(signs).astype(dtype)
 
 

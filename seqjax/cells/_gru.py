@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
+from seqjax.cells._base import Cell
 from seqjax.cells._common import (
     affine,
     block_diagonals,
@@ -28,7 +29,7 @@ class GRUParams(NamedTuple):
 
 
 @dataclass(frozen=True)
-class GRUCell:
+class GRUCell(Cell):
     """Gated recurrent unit, in the reset-after form (default) or the original reset-before form.
 
     Cho et al., "Learning phrase representations using RNN encoder-decoder", EMNLP 2014.
@@ -46,6 +47,9 @@ class GRUCell:
     * Gate pre-activations (``project``): ``G = 3H``.
     * Initialisation: ``w_x`` Glorot uniform, ``w_h`` one orthogonal block per gate, biases
       zero.
+    * Capabilities: :class:`~seqjax.cells.SplitStep` (its update reads ``r`` apart from
+      ``px``: ``r * h_n``), :class:`~seqjax.cells.ProjectWeight`,
+      :class:`~seqjax.cells.RecurWeight`, :class:`~seqjax.cells.JacobianDiagonal`.
 
     Attributes:
         input_size: ``I``.
@@ -93,6 +97,10 @@ class GRUCell:
         ``[H, 2H]`` reset-before); ``recur`` is ``h`` times this plus a constant."""
         return params.w_h if self.reset_after else params.w_h[:, : 2 * self.hidden_size]
 
+    def recur_input(self, params: GRUParams, carry: Array) -> Array:
+        """The part of the carry ``recur`` multiplies: ``h`` itself, ``[*B, H]``."""
+        return carry
+
     def recur(self, params: GRUParams, carry: Array) -> Array:
         """The recurrent matmul: ``h W_h + b_h``, ``[*B, 3H]`` (reset-after); in the
         reset-before form only its r and z blocks, ``[*B, 2H]``, since the candidate's
@@ -126,7 +134,7 @@ class GRUCell:
 
     def jacobian_diagonal(self, params: GRUParams, h: Array, px: Array) -> Array:
         """``d carry' / d carry`` on its diagonal, shaped like the carry, without forming the
-        ``[H, H]`` Jacobian (used by quasi-DEER in :mod:`seqjax.parallel`)."""
+        ``[H, H]`` Jacobian (used by :class:`~seqjax.QuasiDEER`)."""
         hidden = self.hidden_size
         x_r, x_z, x_n = jnp.split(px, 3, axis=-1)
         d_r, d_z, d_n = block_diagonals(params.w_h, 3, h.shape)
@@ -148,7 +156,3 @@ class GRUCell:
             dn_pre = jnp.einsum("ij,...j,ji->...i", w_r, r * (1 - r) * h, w_n) + r * d_n
         dz = z * (1 - z) * d_z
         return (1 - z) * (1 - n * n) * dn_pre + z + (h - n) * dz
-
-    def apply(self, params: GRUParams, carry: Array, x: Array) -> tuple[Array, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))

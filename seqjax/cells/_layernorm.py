@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
+from seqjax.cells._base import Cell
 from seqjax.cells._common import glorot_uniform, orthogonal_blocks, zeros_carry
 from seqjax.cells._lstm import LSTMCarry
 
@@ -55,7 +56,7 @@ class LayerNormLSTMParams(NamedTuple):
 
 
 @dataclass(frozen=True)
-class LayerNormLSTMCell:
+class LayerNormLSTMCell(Cell):
     """LSTM with layer normalisation of the gate pre-activations and of the cell state.
 
     Ba, Kiros & Hinton, "Layer normalization", arXiv:1607.06450 (2016), section 3.1::
@@ -128,12 +129,6 @@ class LayerNormLSTMCell:
         h = jax.nn.sigmoid(o) * jnp.tanh(layer_norm(c, params.g_c, params.b_c, self.eps))
         return LSTMCarry(h=h, c=c), h
 
-    def apply(
-        self, params: LayerNormLSTMParams, carry: LSTMCarry, x: Array
-    ) -> tuple[LSTMCarry, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))
-
 
 class LayerNormGRUParams(NamedTuple):
     """Parameters of a :class:`LayerNormGRUCell`; gate blocks in the order r, z, n."""
@@ -147,7 +142,7 @@ class LayerNormGRUParams(NamedTuple):
 
 
 @dataclass(frozen=True)
-class LayerNormGRUCell:
+class LayerNormGRUCell(Cell):
     """GRU (reset-after form) with layer normalisation of both gate pre-activations.
 
     Ba, Kiros & Hinton's recipe for the LSTM (arXiv:1607.06450, 2016) applied to the GRU
@@ -216,7 +211,3 @@ class LayerNormGRUCell:
         n = jnp.tanh(x_n + r * h_n)
         h = (1.0 - z) * n + z * h
         return h, h
-
-    def apply(self, params: LayerNormGRUParams, carry: Array, x: Array) -> tuple[Array, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))

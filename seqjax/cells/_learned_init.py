@@ -9,7 +9,14 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey, PyTree
-from seqjax.cells._noise import with_noise
+from seqjax.cells._base import (
+    CellWrapper,
+    JacobianDiagonal,
+    Noisy,
+    ProjectWeight,
+    SplitStep,
+    SummedUpdate,
+)
 
 
 class LearnedInitParams(NamedTuple):
@@ -27,7 +34,7 @@ class LearnedInitCarry(NamedTuple):
 
 
 @dataclass(frozen=True)
-class LearnedInitCell:
+class LearnedInitCell(CellWrapper):
     """A cell whose initial state is a parameter, shared by every sequence.
 
     The params add ``carry``, one state of the wrapped cell (leaves ``[H]``) trained like
@@ -43,6 +50,9 @@ class LearnedInitCell:
     :meth:`state` gives the state a carry stands for (e.g. after ``lengths`` of 0).
 
     * Carry: :class:`LearnedInitCarry`; the output is the wrapped cell's.
+    * Capabilities: the wrapped cell's split step, summed update, projection weight,
+      Jacobian diagonal and noise; not its recurrent weight or linear recurrence (the state
+      read blends in ``params.carry`` by ``started``, a part of the carry).
     * Initialisation: the wrapped cell's params; ``carry`` its zero state, so an
       initialised wrapper computes exactly what the wrapped cell computes from zeros.
 
@@ -62,14 +72,9 @@ class LearnedInitCell:
     """
 
     cell: Any
-
-    @property
-    def input_size(self) -> int:
-        return self.cell.input_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.cell.hidden_size
+    # Not RecurWeight nor LinearRecurrence: the state read, started * c + (1 - started) *
+    # learned, is not linear in the carry (started is part of it).
+    forwards = frozenset({SplitStep, SummedUpdate, ProjectWeight, JacobianDiagonal, Noisy})
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> LearnedInitParams:
         """The wrapped cell's params and its zero state (unbatched) as the initial state."""
@@ -84,18 +89,6 @@ class LearnedInitCell:
             started=jnp.zeros((*batch_shape, 1), dtype),
         )
 
-    def with_noise(
-        self,
-        params: LearnedInitParams,
-        key: PRNGKey | None,
-        batch_shape: tuple[int, ...] = (),
-        *,
-        deterministic: bool = False,
-    ) -> LearnedInitParams:
-        """The wrapped cell's noise (see :func:`seqjax.with_noise`); the learned state stays."""
-        inner = with_noise(self.cell, params.cell, key, batch_shape, deterministic=deterministic)
-        return params._replace(cell=inner)
-
     def state(self, params: LearnedInitParams, carry: LearnedInitCarry) -> PyTree:
         """The wrapped cell's state that ``carry`` stands for, leaves ``[*B, H]``."""
 
@@ -106,19 +99,20 @@ class LearnedInitCell:
 
         return jax.tree.map(blend, carry.cell, params.carry)
 
-    def project(self, params: LearnedInitParams, xs: Array) -> Array:
-        """The wrapped cell's projection, ``[..., I] -> [..., G]``."""
-        return self.cell.project(params.cell, xs)
+    enter = state
 
-    def step(
-        self, params: LearnedInitParams, carry: LearnedInitCarry, px: Array
+    def leave(
+        self, params: LearnedInitParams, carry: LearnedInitCarry, new: PyTree, y: Array
     ) -> tuple[LearnedInitCarry, Array]:
-        """One step of the wrapped cell from :meth:`state`; returns ``(carry, y)``."""
-        new, y = self.cell.step(params.cell, self.state(params, carry), px)
         return LearnedInitCarry(cell=new, started=jnp.ones_like(carry.started)), y
 
-    def apply(
-        self, params: LearnedInitParams, carry: LearnedInitCarry, x: Array
-    ) -> tuple[LearnedInitCarry, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))
+    def jacobian_diagonal(
+        self, params: LearnedInitParams, carry: LearnedInitCarry, px: Array
+    ) -> LearnedInitCarry:
+        """The wrapped cell's diagonal at :meth:`state`, times ``started`` (the learned state
+        stands in until then); ``started`` itself becomes 1 whatever it was: 0."""
+        inner = self.cell.jacobian_diagonal(params.cell, self.state(params, carry), px)
+        scale = jax.tree.map(
+            lambda d: d * jnp.broadcast_to(carry.started, d.shape).astype(d.dtype), inner
+        )
+        return LearnedInitCarry(cell=scale, started=jnp.zeros_like(carry.started))

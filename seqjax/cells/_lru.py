@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
+from seqjax.cells._base import Cell
 from seqjax.cells._common import _draw_dtype, zeros_carry
 
 
@@ -40,7 +41,7 @@ def _complex(re: Array, im: Array) -> Array:
 
 
 @dataclass(frozen=True)
-class LRUCell:
+class LRUCell(Cell):
     """Linear recurrent unit: a diagonal complex linear recurrence with a real readout.
 
     Orvieto, Smith, Gu, Fernando, Gulcehre, Pascanu, De, "Resurrecting recurrent neural
@@ -57,8 +58,8 @@ class LRUCell:
     * Gate pre-activations (``project``): ``G = 3H``: ``[Re(x B), Im(x B), x D]``.
     * ``coefficients(params, px) -> (a, b)``: complex ``[..., H]``, ``a = lambda``,
       ``b = gamma * (x B)``, for the complex state ``to_state(carry)``
-      (``from_state`` is its inverse); :func:`seqjax.parallel.unroll_parallel` evaluates them
-      with an associative scan.
+      (``from_state`` is its inverse): a :class:`~seqjax.cells.LinearRecurrence`, which
+      ``unroll(..., method="associative")`` evaluates with an associative scan.
     * Initialisation (the paper's): ``|lambda|^2`` uniform on ``[r_min^2, r_max^2]``, phase
       uniform on ``[0, max_phase]``, ``gamma_log`` as above; ``B`` complex normal with
       variance ``1 / (2 I)`` per part, ``C`` complex normal with variance ``1 / H`` per part.
@@ -148,7 +149,3 @@ class LRUCell:
         im = lam_re * carry.im + lam_im * carry.re + gamma * bu_im
         y = re @ params.w_out_re - im @ params.w_out_im + skip
         return LRUCarry(re=re, im=im), y
-
-    def apply(self, params: LRUParams, carry: LRUCarry, x: Array) -> tuple[LRUCarry, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
+from seqjax.cells._base import Cell
 from seqjax.cells._common import (
     affine,
     block_diagonals,
@@ -34,7 +35,7 @@ class LSTMCarry(NamedTuple):
 
 
 @dataclass(frozen=True)
-class LSTMCell:
+class LSTMCell(Cell):
     """LSTM cell with fused gates: one input and one recurrent matmul per step.
 
     Hochreiter & Schmidhuber, "Long short-term memory", Neural Computation 9 (1997), with
@@ -49,6 +50,9 @@ class LSTMCell:
     * Initialisation: ``w_x`` Glorot uniform, ``w_h`` one orthogonal block per gate, ``b``
       zeros except the forget block, set to ``forget_bias`` (default 1.0; Jozefowicz et
       al., 2015): a forget gate open at the start lets gradients flow through ``c`` early.
+    * Capabilities: :class:`~seqjax.cells.SummedUpdate` (so :class:`~seqjax.cells.SplitStep`),
+      :class:`~seqjax.cells.ProjectWeight`, :class:`~seqjax.cells.RecurWeight`,
+      :class:`~seqjax.cells.JacobianDiagonal`.
 
     Attributes:
         input_size: ``I``.
@@ -67,7 +71,6 @@ class LSTMCell:
     input_size: int
     hidden_size: int
     forget_bias: float = 1.0
-    update_reads_sum = True  # not a field: update reads px + r only (see Cell)
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> LSTMParams:
         """Draw parameters; ``dtype`` is the parameter dtype."""
@@ -97,7 +100,7 @@ class LSTMCell:
         """``W_h`` ``[H, 4H]``: ``recur`` is ``recur_input(carry) W_h`` (see ``Cell``)."""
         return params.w_h
 
-    def recur_input(self, carry: LSTMCarry) -> Array:
+    def recur_input(self, params: LSTMParams, carry: LSTMCarry) -> Array:
         """The part of the carry ``recur`` multiplies: ``h``, ``[*B, H]``."""
         return carry.h
 
@@ -109,7 +112,13 @@ class LSTMCell:
         self, params: LSTMParams, carry: LSTMCarry, px: Array, r: Array
     ) -> tuple[LSTMCarry, Array]:
         """The elementwise update from ``px`` and ``r = recur(params, carry)``, ``[*B, 4H]``."""
-        i, f, g, o = jnp.split(px + r, 4, axis=-1)
+        return self.update_summed(params, carry, px + r)
+
+    def update_summed(
+        self, params: LSTMParams, carry: LSTMCarry, z: Array
+    ) -> tuple[LSTMCarry, Array]:
+        """The update from the gate pre-activations ``z = px + r``, ``[*B, 4H]``."""
+        i, f, g, o = jnp.split(z, 4, axis=-1)
         c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return LSTMCarry(h=h, c=c), h
@@ -120,7 +129,7 @@ class LSTMCell:
 
     def jacobian_diagonal(self, params: LSTMParams, carry: LSTMCarry, px: Array) -> LSTMCarry:
         """``d carry' / d carry`` on its diagonal, shaped like the carry, without forming the
-        ``[H, H]`` Jacobian (used by quasi-DEER in :mod:`seqjax.parallel`)."""
+        ``[H, H]`` Jacobian (used by :class:`~seqjax.QuasiDEER`)."""
         gates = px + carry.h @ params.w_h
         i, f, g, o = jnp.split(gates, 4, axis=-1)
         si, sf, so, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
@@ -130,7 +139,3 @@ class LSTMCell:
         dc_dh = sf * (1 - sf) * d_f * carry.c + si * (1 - si) * d_i * tg + si * (1 - tg * tg) * d_g
         dh_dh = so * (1 - so) * d_o * tc + so * (1 - tc * tc) * dc_dh
         return LSTMCarry(h=dh_dh, c=sf)
-
-    def apply(self, params: LSTMParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))

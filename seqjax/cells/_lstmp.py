@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
+from seqjax.cells._base import Cell
 from seqjax.cells._common import _draw_dtype, affine, glorot_uniform
 from seqjax.cells._lstm import LSTMCarry
 
@@ -30,7 +31,7 @@ def _orthogonal(key: PRNGKey, shape: tuple[int, int], num_blocks: int, dtype) ->
 
 
 @dataclass(frozen=True)
-class LSTMProjCell:
+class LSTMProjCell(Cell):
     """LSTM whose hidden state is a learned projection of the cell output to ``H`` units.
 
     Sak, Senior & Beaufays, "Long short-term memory recurrent neural network architectures
@@ -113,7 +114,3 @@ class LSTMProjCell:
         c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = (jax.nn.sigmoid(o) * jnp.tanh(c)) @ params.w_r
         return LSTMCarry(h=h, c=c), h
-
-    def apply(self, params: LSTMProjParams, carry: LSTMCarry, x: Array) -> tuple[LSTMCarry, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))

@@ -3,7 +3,7 @@
 Feng, Tung, Ahmed, Bengio, Hajimirsadeghi, "Were RNNs all we needed?" (2024). Their gates
 read only the input, so ``h_t = a_t * h_{t-1} + b_t`` with ``a_t, b_t`` computed for every step at
 once: both cells offer ``coefficients`` (and ``log_coefficients``), and
-:func:`seqjax.parallel.unroll_parallel` evaluates them with an associative scan in
+``unroll(..., method="associative")`` evaluates them with an associative scan in
 ``O(log T)`` depth. ``step``/``apply`` run the same recurrence one step at a time.
 """
 
@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
+from seqjax.cells._base import Cell, LogCoefficients
 from seqjax.cells._common import affine, glorot_uniform, zeros_carry
 
 
@@ -48,7 +49,7 @@ def _init(key: PRNGKey, input_size: int, width: int, dtype):
 
 
 @dataclass(frozen=True)
-class MinGRUCell:
+class MinGRUCell(Cell):
     """minGRU: a GRU whose gates see only the input, so the recurrence is linear in ``h``.
 
     Feng et al. (2024), "Were RNNs all we needed?"::
@@ -104,6 +105,20 @@ class MinGRUCell:
         candidate = positive_activation(k_h) if self.log_space else k_h
         return jax.nn.sigmoid(-k_z), jax.nn.sigmoid(k_z) * candidate
 
+    def to_state(self, carry: Array) -> Array:
+        """The state the coefficients act on: ``h`` itself."""
+        return carry
+
+    def from_state(self, state: Array) -> Array:
+        """The carry of a state ``h``: itself."""
+        return state
+
+    def supports(self, capability: type) -> bool:
+        """As :meth:`Cell.supports`; log coefficients only with ``log_space``."""
+        if capability is LogCoefficients:
+            return self.log_space
+        return super().supports(capability)
+
     def log_coefficients(self, params: MinGRUParams, px: Array) -> tuple[Array, Array]:
         """``(log a, log b)``, each ``[..., H]`` (``log_space`` only: needs ``b > 0``)."""
         _require_log_space(self)
@@ -116,13 +131,9 @@ class MinGRUCell:
         h = a * carry + b
         return h, h
 
-    def apply(self, params: MinGRUParams, carry: Array, x: Array) -> tuple[Array, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))
-
 
 @dataclass(frozen=True)
-class MinLSTMCell:
+class MinLSTMCell(Cell):
     """minLSTM: an LSTM whose gates see only the input, normalised so ``f' + i' = 1``.
 
     Feng et al. (2024), "Were RNNs all we needed?"::
@@ -181,6 +192,20 @@ class MinLSTMCell:
         candidate = positive_activation(k_h) if self.log_space else k_h
         return jax.nn.sigmoid(-d), jax.nn.sigmoid(d) * candidate
 
+    def to_state(self, carry: Array) -> Array:
+        """The state the coefficients act on: ``h`` itself."""
+        return carry
+
+    def from_state(self, state: Array) -> Array:
+        """The carry of a state ``h``: itself."""
+        return state
+
+    def supports(self, capability: type) -> bool:
+        """As :meth:`Cell.supports`; log coefficients only with ``log_space``."""
+        if capability is LogCoefficients:
+            return self.log_space
+        return super().supports(capability)
+
     def log_coefficients(self, params: MinLSTMParams, px: Array) -> tuple[Array, Array]:
         """``(log a, log b)``, each ``[..., H]`` (``log_space`` only: needs ``b > 0``)."""
         _require_log_space(self)
@@ -192,10 +217,6 @@ class MinLSTMCell:
         a, b = self.coefficients(params, px)
         h = a * carry + b
         return h, h
-
-    def apply(self, params: MinLSTMParams, carry: Array, x: Array) -> tuple[Array, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))
 
 
 def _require_log_space(cell) -> None:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey
+from seqjax.cells._base import Cell
 from seqjax.cells._common import affine, glorot_uniform, orthogonal_blocks, zeros_carry
 from seqjax.cells._lstm import LSTMCarry
 
@@ -25,7 +26,7 @@ class PeepholeLSTMParams(NamedTuple):
 
 
 @dataclass(frozen=True)
-class PeepholeLSTMCell:
+class PeepholeLSTMCell(Cell):
     """LSTM whose gates also see the cell state through diagonal (peephole) weights.
 
     Gers & Schmidhuber, "Recurrent nets that time and count", IJCNN 2000; the form of
@@ -100,9 +101,3 @@ class PeepholeLSTMCell:
         o = jax.nn.sigmoid(a_o + c * jnp.broadcast_to(params.p_o, c.shape))
         h = o * jnp.tanh(c)
         return LSTMCarry(h=h, c=c), h
-
-    def apply(
-        self, params: PeepholeLSTMParams, carry: LSTMCarry, x: Array
-    ) -> tuple[LSTMCarry, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))

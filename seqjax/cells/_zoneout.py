@@ -10,7 +10,17 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey, PyTree
-from seqjax.cells._noise import with_noise
+from seqjax.cells._base import (
+    CellWrapper,
+    JacobianDiagonal,
+    Noisy,
+    ProjectWeight,
+    RecurWeight,
+    SplitStep,
+    SummedUpdate,
+    with_noise,
+)
+from seqjax.cells._common import bernoulli
 
 
 class ZoneoutParams(NamedTuple):
@@ -38,7 +48,7 @@ def _fields(carry) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class ZoneoutCell:
+class ZoneoutCell(CellWrapper):
     """Zoneout: each unit keeps its previous value with some probability, at each step.
 
     Krueger et al., "Zoneout: regularizing RNNs by randomly preserving hidden activations",
@@ -71,6 +81,10 @@ class ZoneoutCell:
       fields ``h`` and ``c`` (the LSTMs), and its output its new ``h``.
     * Carry: :class:`ZoneoutCarry` ``(cell, step)``; ``step`` is ``[*B, 1]`` in the carry
       dtype (0 from ``init_carry``).
+    * Capabilities: always :class:`~seqjax.cells.Noisy`; the wrapped cell's split step (so
+      the structured derivative), summed update, projection and recurrent weights and
+      Jacobian diagonal are kept, since zoneout acts after the wrapped update, elementwise.
+      Not its linear recurrence (the step count is part of the state).
 
     Attributes:
         cell: the wrapped cell.
@@ -91,6 +105,10 @@ class ZoneoutCell:
     cell: Any
     hidden_rate: float = 0.0
     cell_rate: float = 0.0
+    forwards = frozenset(
+        {SplitStep, SummedUpdate, ProjectWeight, RecurWeight, JacobianDiagonal}
+    )  # zoneout only mixes the new state with the old, after the wrapped update
+    own = frozenset({Noisy})
 
     def __post_init__(self):
         for name in ("hidden_rate", "cell_rate"):
@@ -108,14 +126,6 @@ class ZoneoutCell:
                 f"ZoneoutCell: cell_rate applies to a cell state c, which "
                 f"{type(self.cell).__name__} does not have; got cell_rate={self.cell_rate}"
             )
-
-    @property
-    def input_size(self) -> int:
-        return self.cell.input_size
-
-    @property
-    def hidden_size(self) -> int:
-        return self.cell.hidden_size
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> ZoneoutParams:
         """The wrapped cell's params, key None (evaluation)."""
@@ -151,10 +161,6 @@ class ZoneoutCell:
         )
         return ZoneoutParams(cell=inner, key=None if deterministic else own)
 
-    def project(self, params: ZoneoutParams, xs: Array) -> Array:
-        """The wrapped cell's projection, ``[..., I] -> [..., G]``."""
-        return self.cell.project(params.cell, xs)
-
     def _rates(self, fields: tuple[str, ...]) -> dict[str, float]:
         if not fields:
             return {"": self.hidden_rate}
@@ -171,44 +177,59 @@ class ZoneoutCell:
             row_key = jax.random.fold_in(jax.random.fold_in(key, row), step)
             keys = jax.random.split(row_key, len(shapes))
             return {
-                name: jax.random.bernoulli(k, rates[name], shapes[name][len(batch_shape) :])
+                name: bernoulli(k, rates[name], shapes[name][len(batch_shape) :])
                 for k, name in zip(keys, shapes, strict=True)
             }
 
         masks = jax.vmap(draw)(jnp.arange(rows, dtype=jnp.int32), steps)
         return {name: m.reshape(shapes[name]) for name, m in masks.items()}
 
-    def step(
-        self, params: ZoneoutParams, carry: ZoneoutCarry, px: Array
-    ) -> tuple[ZoneoutCarry, Array]:
-        """One step of the wrapped cell, then zoneout of each state field; ``(carry, h')``."""
-        new, y = self.cell.step(params.cell, carry.cell, px)
+    def _zone(self, params: ZoneoutParams, count: Array, old: PyTree, new: PyTree) -> PyTree:
+        """Per state field, ``old`` where the unit keeps its value and ``new`` elsewhere (in
+        expectation without a key): linear in ``(old, new)``, so it also maps derivatives."""
         fields = _fields(new)
-        old_parts = {"": carry.cell} if not fields else carry.cell._asdict()
+        old_parts = {"": old} if not fields else old._asdict()
         new_parts = {"": new} if not fields else new._asdict()
         rates = self._rates(fields)
-        out = {}
         if params.key is not None:
             active = {name: part.shape for name, part in new_parts.items() if rates[name]}
-            keep = self._keep_masks(params.key, carry.step, active) if active else {}
+            keep = self._keep_masks(params.key, count, active) if active else {}
+        out = {}
         for name, part in new_parts.items():
-            rate, old = rates[name], old_parts[name]
+            rate, previous = rates[name], old_parts[name]
             if rate == 0:
                 out[name] = part
             elif params.key is not None:
-                out[name] = jnp.where(keep[name], old, part)
+                out[name] = jnp.where(keep[name], previous, part)
             else:
-                out[name] = rate * old + (1.0 - rate) * part
-        new = out[""] if not fields else type(new)(**out)
-        y = new if not fields else new.h
-        dtype = carry.step.dtype
-        period = float(min(2 ** (jnp.finfo(dtype).nmant + 1), 2**30))
-        count = carry.step + 1.0
-        count = jnp.where(count >= period, jnp.zeros_like(count), count)
-        return ZoneoutCarry(cell=new, step=count), y
+                out[name] = rate * previous + (1.0 - rate) * part
+        return out[""] if not fields else type(new)(**out)
 
-    def apply(
-        self, params: ZoneoutParams, carry: ZoneoutCarry, x: Array
+    @staticmethod
+    def _next_count(count: Array) -> Array:
+        period = float(min(2 ** (jnp.finfo(count.dtype).nmant + 1), 2**30))
+        count = count + 1.0
+        return jnp.where(count >= period, jnp.zeros_like(count), count)
+
+    def enter(self, params: ZoneoutParams, carry: ZoneoutCarry) -> PyTree:
+        return carry.cell
+
+    def leave(
+        self, params: ZoneoutParams, carry: ZoneoutCarry, new: PyTree, y: Array
     ) -> tuple[ZoneoutCarry, Array]:
-        """One step from the raw input ``x`` ``[*B, I]``."""
-        return self.step(params, carry, self.project(params, x))
+        """Zoneout of each state field of the wrapped cell's new state; ``(carry, h')``."""
+        new = self._zone(params, carry.step, carry.cell, new)
+        y = new if not _fields(new) else new.h
+        return ZoneoutCarry(cell=new, step=self._next_count(carry.step)), y
+
+    def jacobian_diagonal(
+        self, params: ZoneoutParams, carry: ZoneoutCarry, px: Array
+    ) -> ZoneoutCarry:
+        """The diagonal of ``d carry' / d carry``: 1 where a unit keeps its value, the
+        wrapped cell's diagonal where it takes the new one (``rate + (1 - rate) d`` in
+        expectation); the step count's is 1 (0 where it wraps)."""
+        inner = self.cell.jacobian_diagonal(params.cell, carry.cell, px)
+        ones = jax.tree.map(jnp.ones_like, carry.cell)
+        count = self._next_count(carry.step)
+        slope = jnp.where((count == 0) & (carry.step != 0), 0.0, 1.0).astype(carry.step.dtype)
+        return ZoneoutCarry(cell=self._zone(params, carry.step, ones, inner), step=slope)

@@ -16,40 +16,24 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
-from seqjax.cells import ElmanCell, GRUCell, LSTMCell, with_noise
-from seqjax.unroll import unroll
+from seqjax.cells import Cell, ElmanCell, GRUCell, LSTMCell, Noisy, supports, with_noise
+from seqjax.layers import Stack, run_layer
+from seqjax.unroll import UnrollOptions
 
 # --------------------------------------------------------------------------- running
-
-
-def is_cell(layer) -> bool:
-    """A cell has ``step`` and no ``__call__``; a sequence layer is called (layers.py's rule)."""
-    return not callable(layer)
 
 
 def steps(layer) -> bool:
     """Whether ``layer`` advances one step at a time: a cell, or a Stack of cells (a
     Bidirectional layer, or a Stack holding one, needs the whole sequence)."""
-    if is_cell(layer):
-        return True
-    layers = getattr(layer, "layers", None)
-    return (
-        callable(getattr(layer, "apply", None))
-        and isinstance(layers, tuple)
-        and all(hasattr(sub, "step") for sub in layers)
-    )
+    if isinstance(layer, Stack):
+        return all(steps(sub) for sub in layer.layers)
+    return isinstance(layer, Cell)
 
 
 def has_noise(layer) -> bool:
     """Whether ``layer`` holds a regulariser that draws randomness (as ``with_noise`` walks)."""
-    if hasattr(layer, "with_noise"):
-        return True
-    layers = getattr(layer, "layers", None)
-    if isinstance(layers, tuple):
-        return any(has_noise(sub) for sub in layers)
-    if hasattr(layer, "forward") and hasattr(layer, "backward"):
-        return has_noise(layer.forward) or has_noise(layer.backward)
-    return False
+    return supports(layer, Noisy)
 
 
 def run(
@@ -60,14 +44,12 @@ def run(
     *,
     key: PRNGKey | None,
     lengths: Array | None,
-    reverse: bool,
     resets: Array | None,
-    truncate: int | None,
     time_axis: int,
-    unroll_steps: int | bool,
+    options: UnrollOptions,
     where: str,
 ) -> tuple[PyTree, Array]:
-    """Run a cell with :func:`seqjax.unroll`, or call a sequence layer, with unroll's options.
+    """Run a cell with :func:`seqjax.unroll`, or call a sequence layer, every option forwarded.
 
     A layer with regularisers gets its noise from ``key`` with :func:`seqjax.with_noise`,
     one draw per call for the batch shape of ``xs``; ``key=None`` runs it deterministically.
@@ -77,23 +59,15 @@ def run(
         axis = _checks.time_axis_of("xs", xs.shape, time_axis, where)
         batch_shape = tuple(n for k, n in enumerate(xs.shape[:-1]) if k != axis)
         params = with_noise(layer, params, key, batch_shape, deterministic=key is None)
-    options = dict(
-        lengths=lengths, resets=resets, truncate=truncate, time_axis=time_axis, unroll=unroll_steps
-    )
-    if is_cell(layer):
-        return unroll(layer, params, xs, carry, reverse=reverse, **options)
-    if reverse:
-        raise ValueError(
-            f"{where}: reverse=True runs a single cell backwards; a {type(layer).__name__} "
-            "fixes each layer's direction itself (use Bidirectional, or wrap a cell); got "
-            "reverse=True"
-        )
-    return layer(params, xs, carry, **options)
+    return run_layer(
+        layer, params, xs, carry, lengths=lengths, resets=resets, time_axis=time_axis,
+        options=options,
+    )  # fmt: skip
 
 
 def step(layer, params: PyTree, carry: PyTree, x: Array, where: str) -> tuple[PyTree, Array]:
     """One step of a cell (``apply``), or a clear error for a layer that needs the sequence."""
-    if not hasattr(layer, "apply"):
+    if not steps(layer):
         raise TypeError(
             f"{where}: step needs a cell (or a Stack of cells); a {type(layer).__name__} "
             "needs the whole sequence"

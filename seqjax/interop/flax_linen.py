@@ -51,6 +51,7 @@ from seqjax.cells import (
     with_noise,
 )
 from seqjax.interop import _flax_common as common
+from seqjax.unroll import UnrollOptions
 
 __all__ = [
     "Recurrent",
@@ -296,7 +297,7 @@ class Recurrent(nn.Module):
     (:class:`~seqjax.Stack`, :class:`~seqjax.Bidirectional`) directly.
 
     :func:`seqjax.unroll`'s Python-valued options (``time_axis``, ``reverse``,
-    ``truncate``, ``unroll``) are attributes, as in ``nn.RNN``, so that the call takes only
+    ``truncate``, ``method``) are attributes, as in ``nn.RNN``, so that the call takes only
     arrays and Flax's lifted transforms can trace every argument: ``nn.remat(Recurrent)``
     rematerialises the whole layer in the backward pass, and ``nn.scan`` over *depth*
     (identical layers, ``variable_axes={"params": 0}``) works as for any linen module.
@@ -310,9 +311,9 @@ class Recurrent(nn.Module):
             are tuples of mesh axis names (or None), one per dimension. Leaves are boxed as
             ``nn.Partitioned``, read by ``nn.get_partition_spec``.
         time_axis: the axis of ``xs`` and ``ys`` that is time (``1`` for ``[B, T, I]``).
-        reverse: run backwards (a single cell only), as :func:`seqjax.unroll`.
+        reverse: run backwards, as :func:`seqjax.unroll`.
         truncate: truncated-BPTT window, as :func:`seqjax.unroll`.
-        unroll: ``lax.scan``'s unroll factor.
+        method: the evaluation method (:mod:`seqjax.methods`), as :func:`seqjax.unroll`.
         deterministic: run regularisers (variational dropout, zoneout) deterministically;
             set it here or in the call, not in both (``nn.merge_param``, as ``nn.Dropout``:
             both raise a ValueError). Otherwise
@@ -339,7 +340,7 @@ class Recurrent(nn.Module):
     time_axis: int = 0
     reverse: bool = False
     truncate: int | None = None
-    unroll: int | bool = 1
+    method: Any = None
     deterministic: bool | None = None
 
     def setup(self):
@@ -371,11 +372,9 @@ class Recurrent(nn.Module):
             carry,
             key=key,
             lengths=lengths,
-            reverse=self.reverse,
             resets=resets,
-            truncate=self.truncate,
             time_axis=self.time_axis,
-            unroll_steps=self.unroll,
+            options=UnrollOptions(reverse=self.reverse, truncate=self.truncate, method=self.method),
             where="Recurrent",
         )
 

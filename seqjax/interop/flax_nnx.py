@@ -63,6 +63,8 @@ from seqjax.cells import (
     with_noise,
 )
 from seqjax.interop import _flax_common as common
+from seqjax.methods import Method
+from seqjax.unroll import UnrollOptions
 
 __all__ = [
     "Recurrent",
@@ -186,18 +188,18 @@ class Recurrent(_Adapter):
         carry: PyTree | None = None,
         *,
         lengths: Array | None = None,
-        reverse: bool = False,
         resets: Array | None = None,
+        reverse: bool = False,
         truncate: int | None = None,
         time_axis: int = 0,
-        unroll: int | bool = 1,
+        method: Method | str | None = None,
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> tuple[PyTree, Array]:
         """Run over ``xs`` ``[T, *B, I]`` (time on ``time_axis``); returns ``(carry, ys)``.
 
-        The sequence arguments are :func:`seqjax.unroll`'s (``reverse`` only for a single
-        cell); ``ys`` is ``[T, *B, O]`` in the layout of ``xs``. ``deterministic`` and
+        The sequence arguments are :func:`seqjax.unroll`'s, every one of them, forwarded to
+        the layer; ``ys`` is ``[T, *B, O]`` in the layout of ``xs``. ``deterministic`` and
         ``rngs`` (an ``nnx.Rngs``, a stream or a key) override the module's for this call,
         as in ``nnx.Dropout``; they matter only for a layer with regularisers.
         """
@@ -209,11 +211,9 @@ class Recurrent(_Adapter):
             carry,
             key=key,
             lengths=lengths,
-            reverse=reverse,
             resets=resets,
-            truncate=truncate,
             time_axis=time_axis,
-            unroll_steps=unroll,
+            options=UnrollOptions(reverse=reverse, truncate=truncate, method=method),
             where="Recurrent",
         )
 

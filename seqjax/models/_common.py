@@ -6,35 +6,36 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax._types import Array, PyTree
-from seqjax.layers import Bidirectional, Stack, last_valid
-from seqjax.unroll import unroll
+from seqjax.layers import Bidirectional, Stack, last_valid, output_size, run_layer
+from seqjax.unroll import UnrollOptions
+
+__all__ = ["output_size"]  # re-exported for the models
 
 
-def output_size(encoder) -> int:
-    """Features per step of a cell, :class:`Stack` or :class:`Bidirectional` layer."""
-    return getattr(encoder, "output_size", None) or encoder.hidden_size
-
-
-def run_encoder(encoder, params: PyTree, xs: Array, lengths: Array | None) -> tuple[PyTree, Array]:
+def run_encoder(
+    encoder, params: PyTree, xs: Array, lengths: Array | None, options: UnrollOptions
+) -> tuple[PyTree, Array]:
     """Run a cell (through :func:`unroll`) or a sequence layer over time-major ``xs``."""
-    if isinstance(encoder, Stack | Bidirectional):
-        return encoder(params, xs, lengths=lengths)
-    return unroll(encoder, params, xs, lengths=lengths)
+    return run_layer(encoder, params, xs, None, lengths=lengths, options=options)
 
 
-def last_state(encoder, ys: Array, lengths: Array | None) -> Array:
+def last_state(encoder, ys: Array, lengths: Array | None, reverse: bool = False) -> Array:
     """Each sequence's summary after reading all of it: ``ys [T, *B, F] -> [*B, F]``.
 
-    The output at the last valid step for a forward encoder; for one whose top layer is
-    :class:`Bidirectional`, the forward half at the last valid step next to the backward
-    half at ``t = 0`` (where the backward direction has read the whole sequence).
+    Where each direction finished reading: the output at the last valid step for a forward
+    encoder, at ``t = 0`` for one run with ``reverse``; for one whose top layer is
+    :class:`Bidirectional`, each half where its own direction finished.
     """
+
+    def finished(part, backwards):
+        return part[0] if backwards else last_valid(part, lengths)
+
     top = encoder.layers[-1] if isinstance(encoder, Stack) else encoder
     if not isinstance(top, Bidirectional):
-        return last_valid(ys, lengths)
+        return finished(ys, reverse)
     split = top.forward.hidden_size
-    forward = last_valid(ys[..., :split], lengths)
-    return jnp.concatenate([forward, ys[0, ..., split:]], axis=-1)
+    forward = finished(ys[..., :split], reverse)
+    return jnp.concatenate([forward, finished(ys[..., split:], not reverse)], axis=-1)
 
 
 def ids_time_major(name: str, ids, time_axis: int, where: str) -> Array:

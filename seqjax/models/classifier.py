@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.layers import Dense, DenseParams, Embedding
+from seqjax.losses import cross_entropy
 from seqjax.models._common import (
     check_lengths,
     ids_time_major,
@@ -19,7 +20,7 @@ from seqjax.models._common import (
     output_size,
     run_encoder,
 )
-from seqjax.train import cross_entropy
+from seqjax.unroll import UnrollOptions
 
 
 class ClassifierParams(NamedTuple):
@@ -54,6 +55,9 @@ class SequenceClassifier:
             :func:`seqjax.mean_valid`. None (default): the last valid state, i.e. the output
             at each sequence's last valid step, or for a bidirectional top layer its forward
             half there and its backward half at ``t = 0``.
+        options: the :func:`seqjax.unroll` options of the encoder (an
+            :class:`~seqjax.UnrollOptions`: ``method``, ``truncate``, ``reverse``), forwarded
+            whole.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -69,6 +73,7 @@ class SequenceClassifier:
     num_classes: int
     embed: Embedding | None = None
     pool: Callable[[Array, Array | None], Array] | None = None
+    options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
         if self.embed is not None and self.embed.features != self.encoder.input_size:
@@ -92,9 +97,9 @@ class SequenceClassifier:
         """The pooled summary ``[*B, F]`` the head reads."""
         xs = embed_inputs(self.embed, params.embed, xs, time_axis, "SequenceClassifier")
         lengths = check_lengths(lengths, xs.shape[1:-1], xs.shape[0], "SequenceClassifier")
-        _, ys = run_encoder(self.encoder, params.encoder, xs, lengths)
+        _, ys = run_encoder(self.encoder, params.encoder, xs, lengths, self.options)
         if self.pool is None:
-            return last_state(self.encoder, ys, lengths)
+            return last_state(self.encoder, ys, lengths, self.options.reverse)
         return self.pool(ys, lengths)
 
     def __call__(

@@ -12,9 +12,9 @@ from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.generate import Beams, Decoded, beam_search, decode
 from seqjax.layers import Dense, DenseParams, Embedding
+from seqjax.losses import cross_entropy
 from seqjax.models._common import check_lengths, ids_time_major, step_mask, zero_padded
-from seqjax.train import cross_entropy
-from seqjax.unroll import unroll
+from seqjax.unroll import UnrollOptions, unroll
 
 
 class ConditionedParams(NamedTuple):
@@ -46,6 +46,9 @@ class ConditionedGenerator:
         embed_size: ``E``, the token embedding width (the decoder's ``input_size``).
         start_token: the first input of every sequence.
         end_token: the token that ends a sequence (part of every target).
+        options: the :func:`seqjax.unroll` options of the teacher-forced decoder run
+            (``method``, ``truncate``); ``reverse`` is refused, since generation reads
+            tokens in order.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -64,8 +67,14 @@ class ConditionedGenerator:
     embed_size: int
     start_token: int = 0
     end_token: int = 1
+    options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
+        if self.options.reverse:
+            raise ValueError(
+                "ConditionedGenerator: options.reverse must be False (a decoder generates "
+                "tokens in order; reverse the targets instead); got reverse=True"
+            )
         if self.decoder.input_size != self.embed_size:
             raise ValueError(
                 "ConditionedGenerator: the decoder's input_size must equal embed_size "
@@ -152,7 +161,9 @@ class ConditionedGenerator:
         )
         carry = self.initial_carry(params, condition)
         xs = self.embed(params.embed, self.teacher_inputs(targets))
-        _, ys = unroll(self.decoder, params.decoder, xs, carry, lengths=lengths)
+        _, ys = unroll(
+            self.decoder, params.decoder, xs, carry, lengths=lengths, **self.options.kwargs()
+        )
         logits = self.head(params.head, ys)
         mask = step_mask(lengths, targets.shape[0], targets.shape[1:])
         return jnp.moveaxis(zero_padded(logits, mask), 0, time_axis)

@@ -20,6 +20,7 @@ from seqjax.models._common import (
     run_encoder,
 )
 from seqjax.models.conditioned import ConditionedGenerator, ConditionedParams
+from seqjax.unroll import UnrollOptions
 
 
 class Seq2SeqParams(NamedTuple):
@@ -48,6 +49,9 @@ class Seq2Seq:
             width (the encoder's output size for the default pool).
         pool: ``pool(ys [S, *B, F], lengths [*B] | None) -> [*B, F]``; None for the last
             valid state.
+        options: the :func:`seqjax.unroll` options of the encoder (an
+            :class:`~seqjax.UnrollOptions`: ``method``, ``truncate``, ``reverse``), forwarded
+            whole.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -68,6 +72,7 @@ class Seq2Seq:
     encoder: Any
     decoder: ConditionedGenerator
     pool: Callable[[Array, Array | None], Array] | None = None
+    options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
         if self.source_embed.features != self.encoder.input_size:
@@ -101,9 +106,9 @@ class Seq2Seq:
         source = ids_time_major("source", source, time_axis, "Seq2Seq")
         source_lengths = check_lengths(source_lengths, source.shape[1:], source.shape[0], "Seq2Seq")
         xs = self.source_embed(params.source_embed, source)
-        _, ys = run_encoder(self.encoder, params.encoder, xs, source_lengths)
+        _, ys = run_encoder(self.encoder, params.encoder, xs, source_lengths, self.options)
         if self.pool is None:
-            return last_state(self.encoder, ys, source_lengths)
+            return last_state(self.encoder, ys, source_lengths, self.options.reverse)
         return self.pool(ys, source_lengths)
 
     def __call__(

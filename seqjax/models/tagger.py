@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.layers import Dense, DenseParams, Embedding
+from seqjax.losses import cross_entropy
 from seqjax.models._common import (
     check_lengths,
     ids_time_major,
@@ -19,7 +20,7 @@ from seqjax.models._common import (
     zero_padded,
 )
 from seqjax.models.classifier import embed_inputs
-from seqjax.train import cross_entropy
+from seqjax.unroll import UnrollOptions
 
 
 class TaggerParams(NamedTuple):
@@ -41,6 +42,9 @@ class SequenceTagger:
         num_tags: ``C``.
         embed: an :class:`Embedding` when ``xs`` holds token ids ``[T, *B]``; None for
             float features ``[T, *B, I]``.
+        options: the :func:`seqjax.unroll` options of the encoder (an
+            :class:`~seqjax.UnrollOptions`: ``method``, ``truncate``, ``reverse``), forwarded
+            whole.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -57,6 +61,7 @@ class SequenceTagger:
     encoder: Any
     num_tags: int
     embed: Embedding | None = None
+    options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
         if self.embed is not None and self.embed.features != self.encoder.input_size:
@@ -81,7 +86,7 @@ class SequenceTagger:
         xs = embed_inputs(self.embed, params.embed, xs, time_axis, "SequenceTagger")
         num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
         lengths = check_lengths(lengths, batch_shape, num_steps, "SequenceTagger")
-        _, ys = run_encoder(self.encoder, params.encoder, xs, lengths)
+        _, ys = run_encoder(self.encoder, params.encoder, xs, lengths, self.options)
         logits = zero_padded(self.head(params.head, ys), step_mask(lengths, num_steps, batch_shape))
         return jnp.moveaxis(logits, 0, time_axis)
 

@@ -14,6 +14,13 @@ import numpy as np
 
 from seqjax import _checks
 
+__all__ = [
+    "plot_forecasts",
+    "plot_gradient_flow",
+    "plot_hidden_states",
+    "plot_jacobian_spectrum",
+]
+
 
 def _pyplot():
     try:
@@ -23,7 +30,7 @@ def _pyplot():
         import matplotlib.pyplot as plt
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "seqjax.plots needs matplotlib: pip install matplotlib (or seqjax[plot])"
+            "seqjax.apps.plots needs matplotlib: pip install matplotlib (or seqjax[plot])"
         ) from err
     return plt
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+__all__ = [
+    "main",
+]
+
 # Defaults of the options --quick changes; an option given explicitly wins over both.
 DEFAULTS = dict(steps=3000, hidden_size=256, embed_size=64, max_bytes=None)
 QUICK = dict(steps=1200, hidden_size=128, embed_size=32, max_bytes=2_000_000)
@@ -46,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     lm.add_argument("--checkpoint-dir", help="save here; resume from the newest checkpoint")
     lm.add_argument("--checkpoint-every", type=_positive, default=500)
-    lm.add_argument("--cell", choices=["lstm", "gru", "elman"], default="lstm")
+    lm.add_argument("--cell", choices=["lstm", "gru", "elman"], default="lstm")  # BY_NAME's keys
     lm.add_argument("--hidden-size", type=_positive, help="default 256; --quick 128")
     lm.add_argument("--num-layers", type=_positive, default=1)
     lm.add_argument("--embed-size", type=_positive, help="default 64; --quick 32")
@@ -77,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
         "Flax linen nn.RNN and PyTorch (when installed), forward and forward+backward, on "
         "the same weights (checked before timing); prints median times and ratios.",
     )
-    from seqjax import bench as _bench
+    from seqjax.apps import bench as _bench
 
     _bench.add_arguments(bench)
     return parser
@@ -100,7 +104,7 @@ def _train(args) -> None:
             raise ValueError(str(err)) from err
     import jax
 
-    from seqjax import char_lm
+    from seqjax.apps import char_lm
 
     chosen = {k: getattr(args, k) for k in DEFAULTS}
     fallback = QUICK if args.quick else DEFAULTS
@@ -139,7 +143,7 @@ def _train(args) -> None:
 def _print_sample(model, state, args) -> None:
     import jax
 
-    from seqjax import char_lm
+    from seqjax.apps import char_lm
 
     text = char_lm.generate_text(
         model,
@@ -154,19 +158,21 @@ def _print_sample(model, state, args) -> None:
 
 
 def _sample(args) -> None:
-    from seqjax import char_lm
+    from seqjax.apps import char_lm
 
     model, state = char_lm.load_trained(args.checkpoint_dir)
     _print_sample(model, state, args)
 
 
 def _run_bench(args) -> None:
-    from seqjax import bench
+    from seqjax.apps import bench
 
     bench.main(args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``seqjax`` command with ``argv`` (the process's arguments when None); the
+    exit status: 0, or 2 for a bad argument or a failure reported as one line."""
     args = _parser().parse_args(argv)
     try:
         {"train-charlm": _train, "sample": _sample, "bench": _run_bench}[args.command](args)

@@ -1,7 +1,7 @@
 """Where truncated BPTT cuts the carry: the window borders of ``unroll(..., truncate=k)``.
 
 Shared by both derivatives of :func:`seqjax.unroll` (JAX's transpose of the scan, and the
-structured one in ``_backward.py``), so that they cut at the same places.
+structured one in ``_structured.py``), so that they cut at the same places.
 """
 
 from __future__ import annotations

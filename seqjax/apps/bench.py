@@ -26,7 +26,7 @@ How it measures (the same rules as ``benchmarks/_harness.py``):
   on a GPU, ``torch.cuda.max_memory_allocated`` during one call.
 
 Example:
-    >>> from seqjax import bench
+    >>> from seqjax.apps import bench
     >>> rows = bench.run_bench(cells=("elman",), modes=("fwd",), batch_size=2, num_steps=3,
     ...                        input_size=2, hidden_size=3, repeats=1, peers=("seqjax",))
     >>> [(r["library"], r["status"]) for r in rows]
@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,10 +46,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.cells import ElmanCell, GRUCell, LSTMCell
+from seqjax.apps import harness
+from seqjax.cells import BY_NAME, ElmanCell, GRUCell, LSTMCell
 from seqjax.unroll import unroll
 
-CELL_TYPES = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}
+__all__ = [
+    "CELL_TYPES",
+    "MODES",
+    "PEERS",
+    "Peer",
+    "PeerUnavailable",
+    "add_arguments",
+    "flax_linen_lstm_peer",
+    "flax_linen_peer",
+    "format_table",
+    "jax_contender",
+    "loss_and_grads",
+    "main",
+    "max_relative_difference",
+    "reference_result",
+    "run_bench",
+    "run_group",
+    "seqjax_peer",
+    "tolerance",
+    "torch_peer",
+]
+
+CELL_TYPES = BY_NAME
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -70,7 +91,7 @@ class PeerUnavailable(Exception):
 
 
 @dataclass
-class Contender:
+class Peer:
     """One timed function of the benchmark, with what is needed to check what it computes.
 
     Attributes:
@@ -98,17 +119,8 @@ class Contender:
 
 
 def _xla_memory(compiled) -> dict:
-    try:
-        mem = compiled.memory_analysis()
-    except Exception:  # not every backend / version implements it
-        return {}
-    if mem is None:
-        return {}
-    sizes = {
-        k.replace("_size_in", ""): getattr(mem, k, None)
-        for k in ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
-    }
-    if all(isinstance(v, int) for v in sizes.values()):
+    sizes = harness.memory_analysis(compiled)
+    if sizes and all(isinstance(v, int) for v in sizes.values()):
         sizes["peak_bytes"] = sum(sizes.values())
         sizes["peak_source"] = "xla memory_analysis (arguments + outputs + temporaries)"
     return sizes
@@ -137,7 +149,7 @@ def jax_contender(
     *,
     batch_major: bool = False,
     **extra,
-) -> Contender:
+) -> Peer:
     """A contender running ``forward(convert(params), xs) -> ys [T, B, H]`` under ``jax.jit``.
 
     Args:
@@ -150,7 +162,7 @@ def jax_contender(
         mode: ``"fwd"`` or ``"fwd+bwd"``.
         batch_major: ``forward`` takes ``xs [B, T, I]`` and returns ``ys [B, T, H]``; the
             inputs are transposed once before timing, the results back for the check.
-        **extra: further :class:`Contender` fields.
+        **extra: further :class:`Peer` fields.
     """
     peer_params = convert(params)
     fn = forward if mode == "fwd" else loss_and_grads(forward)
@@ -174,17 +186,17 @@ def jax_contender(
         (grads_seqjax,) = jax.vjp(convert, params)[1](grads)
         return loss, grads_seqjax, to_time_major(grad_xs)
 
-    return Contender(library, prepare, to_reference, **extra)
+    return Peer(library, prepare, to_reference, **extra)
 
 
-def seqjax_peer(cell, params, xs, mode: str) -> Contender:
+def seqjax_peer(cell, params, xs, mode: str) -> Peer:
     """``seqjax.unroll`` with its defaults, as a user calls it."""
     return jax_contender(
         "seqjax", lambda p: p, lambda p, x: unroll(cell, p, x)[1], params, xs, mode
     )
 
 
-def _linen_peer(cell, params, xs, mode: str, *, optimized: bool) -> Contender:
+def _linen_peer(cell, params, xs, mode: str, *, optimized: bool) -> Peer:
     import flax.linen as nn
 
     from seqjax.interop.flax_linen import params_to_linen
@@ -211,12 +223,12 @@ def _linen_peer(cell, params, xs, mode: str, *, optimized: bool) -> Contender:
     )  # fmt: skip
 
 
-def flax_linen_peer(cell, params, xs, mode: str) -> Contender:
+def flax_linen_peer(cell, params, xs, mode: str) -> Peer:
     """Flax linen ``nn.RNN(OptimizedLSTMCell | GRUCell | SimpleCell, time_major=True)``."""
     return _linen_peer(cell, params, xs, mode, optimized=True)
 
 
-def flax_linen_lstm_peer(cell, params, xs, mode: str) -> Contender:
+def flax_linen_lstm_peer(cell, params, xs, mode: str) -> Peer:
     """Flax linen ``nn.RNN(nn.LSTMCell)`` (one ``Dense`` per gate); LSTM only."""
     if not isinstance(cell, LSTMCell):
         raise PeerUnavailable("LSTM only")
@@ -226,7 +238,7 @@ def flax_linen_lstm_peer(cell, params, xs, mode: str) -> Contender:
 # --------------------------------------------------------------------------- PyTorch
 
 
-def torch_peer(cell, params, xs, mode: str) -> Contender:
+def torch_peer(cell, params, xs, mode: str) -> Peer:
     """PyTorch ``nn.LSTM / nn.GRU / nn.RNN`` (cuDNN on a CUDA device, else oneDNN/native)."""
     if importlib.util.find_spec("torch") is None:
         raise PeerUnavailable("torch is not installed")
@@ -304,10 +316,10 @@ def torch_peer(cell, params, xs, mode: str) -> Contender:
         "torch_kernel": kernel,
         "gates": gates,
     }
-    return Contender("torch", prepare, to_reference, meta=meta)
+    return Peer("torch", prepare, to_reference, meta=meta)
 
 
-PEERS: dict[str, Callable[..., Contender]] = {
+PEERS: dict[str, Callable[..., Peer]] = {
     "seqjax": seqjax_peer,
     "flax.linen": flax_linen_peer,
     "flax.linen(LSTMCell)": flax_linen_lstm_peer,
@@ -345,7 +357,7 @@ def _describe(cell) -> str:
 
 
 def reference_result(cell, params, xs, mode: str):
-    """seqjax's result for ``cell`` in the layout :attr:`Contender.to_reference` returns."""
+    """seqjax's result for ``cell`` in the layout :attr:`Peer.to_reference` returns."""
     forward = jax.jit(lambda p, x: unroll(cell, p, x)[1])
     if mode == "fwd":
         return forward(params, xs)
@@ -356,34 +368,12 @@ def reference_result(cell, params, xs, mode: str):
 # --------------------------------------------------------------------------- timing
 
 
-def _stats_ms(samples_s: Sequence[float]) -> dict:
-    ms = sorted(1e3 * s for s in samples_s)
-    q1, q3 = (statistics.quantiles(ms, n=4, method="inclusive")[::2]) if len(ms) > 1 else ms * 2
-    return {
-        "median_ms": statistics.median(ms),
-        "q1_ms": q1,
-        "q3_ms": q3,
-        "iqr_ms": q3 - q1,
-        "min_ms": ms[0],
-        "max_ms": ms[-1],
-        "mean_ms": statistics.fmean(ms),
-        "n_samples": len(ms),
-    }
-
-
-def _per_call(call: Callable[[], Any], number: int) -> float:
-    start = time.perf_counter()
-    for _ in range(number):
-        call()
-    return (time.perf_counter() - start) / number
-
-
 def run_group(
     cell,
     params,
     xs,
     mode: str,
-    contenders: Sequence[Contender],
+    contenders: Sequence[Peer],
     *,
     repeats: int,
     warmup: int = 1,
@@ -427,17 +417,11 @@ def run_group(
         calls.append(call if ok else None)
 
     live = [i for i, call in enumerate(calls) if call is not None]
-    numbers = {}
-    for i in live:
-        per_call = min(_per_call(calls[i], 1) for _ in range(max(warmup, 1)))
-        numbers[i] = max(1, math.ceil(min_sample_s / per_call)) if per_call > 0 else 1
-    samples: dict[int, list[float]] = {i: [] for i in live}
-    for r in range(repeats):
-        for j in range(len(live)):
-            i = live[(r + j) % len(live)]
-            samples[i].append(_per_call(calls[i], numbers[i]))
-    for i in live:
-        rows[i].update(_stats_ms(samples[i]), number=numbers[i])
+    numbers, samples = harness.interleave(
+        [calls[i] for i in live], repeats=repeats, warmup=warmup, min_sample_s=min_sample_s
+    )
+    for i, number, seconds in zip(live, numbers, samples, strict=True):
+        rows[i].update(harness.stats_ms(seconds), number=number)
     if log is not None:
         for row in rows:
             timing = f"{row['median_ms']:10.3f} ms" if "median_ms" in row else row["status"]
@@ -476,7 +460,8 @@ def run_bench(
 
     Returns:
         Rows with ``cell, mode, library, status``, timings (``median_ms, q1_ms, q3_ms``...),
-        ``compile_s``, memory fields, ``max_rel_diff`` and ``ratio`` (median / seqjax's).
+        ``compile_s``, memory fields, ``max_rel_diff`` and ``ratio`` (seqjax's median /
+        the row's, as in the README's tables: below 1, seqjax is faster).
         Peers not available here are rows with ``status`` ``skipped: <reason>``.
     """
     unknown = [c for c in cells if c not in CELL_TYPES]
@@ -509,10 +494,10 @@ def run_bench(
                 cell, params, xs, mode, contenders,
                 repeats=repeats, min_sample_s=min_sample_s, log=log,
             )  # fmt: skip
-            base = group[0].get("median_ms")
+            base = group[0].get("median_ms")  # seqjax's
             for row in group:
-                if base and "median_ms" in row:
-                    row["ratio"] = row["median_ms"] / base
+                if base and row.get("median_ms"):
+                    row["ratio"] = base / row["median_ms"]
             common = dict(
                 cell=name, mode=mode, B=batch_size, T=num_steps, I=input_size, H=hidden_size,
                 dtype="float32", backend=jax.default_backend(),
@@ -522,9 +507,9 @@ def run_bench(
 
 
 def format_table(rows: Sequence[dict]) -> str:
-    """A markdown table of :func:`run_bench` rows: median (q1-q3) ms and ratio to seqjax."""
+    """A markdown table of :func:`run_bench` rows: median (q1-q3) ms and seqjax / peer."""
     lines = [
-        "| cell | mode | library | median ms (q1-q3) | ratio to seqjax | compile s | status |",
+        "| cell | mode | library | median ms (q1-q3) | seqjax / peer | compile s | status |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -566,6 +551,7 @@ def main(args: argparse.Namespace) -> None:
     )  # fmt: skip
     print(
         f"\nB{args.batch_size} T{args.num_steps} I{args.input_size} H{args.hidden_size} float32, "
-        "loss mean(ys**2); ratio = peer median / seqjax median (> 1: seqjax faster)\n"
+        "loss mean(ys**2); seqjax / peer = seqjax median / peer median "
+        "(below 1: seqjax is faster, as in the README)\n"
     )
     print(format_table(rows))

@@ -23,13 +23,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import checkpoint, data, generate, sharding, train
+from seqjax import checkpoint, generate, losses, sharding, train
 from seqjax._types import Array, PRNGKey, PyTree
-from seqjax.cells import ElmanCell, GRUCell, LSTMCell
+from seqjax.apps import data
+from seqjax.cells import BY_NAME
 from seqjax.embedded import embedded_unroll
 from seqjax.layers import Dense, Embedding, Stack
 
-CELLS = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}
+__all__ = [
+    "CELLS",
+    "CharLM",
+    "CharLMConfig",
+    "CharLMParams",
+    "Corpus",
+    "Progress",
+    "TrainState",
+    "bits_per_char",
+    "device_mesh",
+    "evaluate",
+    "generate_text",
+    "load",
+    "load_trained",
+    "make_chunk_fn",
+    "new_state",
+    "place_state",
+    "place_windows",
+    "train_char_lm",
+]
+
+CELLS = BY_NAME  # the one table of cells by name
 
 
 @dataclass(frozen=True)
@@ -161,6 +183,7 @@ class TrainState(NamedTuple):
 
 
 def bits_per_char(loss_nats: float) -> float:
+    """A mean cross-entropy in nats per byte, in bits per character (byte)."""
     return loss_nats / math.log(2.0)
 
 
@@ -209,6 +232,8 @@ def _windows(config: CharLMConfig, streams: np.ndarray, first: int, count: int):
 
 
 def new_state(model: CharLM) -> TrainState:
+    """The training state before the first update: params, optimizer state, carry and key,
+    all drawn from the config's seed."""
     key = jax.random.key(model.config.seed)
     params = model.init(jax.random.fold_in(key, 0))
     optimizer = train.default_optimizer(model.config.learning_rate, max_norm=model.config.max_norm)
@@ -237,7 +262,7 @@ def make_chunk_fn(model: CharLM, mesh: jax.sharding.Mesh | None = None) -> Calla
     config = model.config
     optimizer = train.default_optimizer(config.learning_rate, max_norm=config.max_norm)
     if mesh is None or mesh.size == 1:
-        loss_fn = train.window_loss(model, train.cross_entropy, k1=config.window, k2=config.k2)
+        loss_fn = train.window_loss(model, losses.cross_entropy, k1=config.window, k2=config.k2)
         step = train.tbptt_step(loss_fn, optimizer)
 
         def scan(params, opt_state, carry, windows):
@@ -246,7 +271,7 @@ def make_chunk_fn(model: CharLM, mesh: jax.sharding.Mesh | None = None) -> Calla
     else:
         summed = train.window_loss(
             model,
-            functools.partial(train.cross_entropy, average=False),
+            functools.partial(losses.cross_entropy, average=False),
             k1=config.window,
             k2=config.k2,
         )
@@ -315,7 +340,7 @@ def place_windows(windows, mesh: jax.sharding.Mesh | None) -> tuple:
 @functools.partial(jax.jit, static_argnums=0)
 def _eval_loss(model: CharLM, params, ids):
     _, logits = model(params, model.init_carry(ids.shape[1:]), ids[:-1])
-    return train.cross_entropy(logits, ids[1:])
+    return losses.cross_entropy(logits, ids[1:])
 
 
 def evaluate(model: CharLM, params: CharLMParams, held_out: np.ndarray, streams: int = 16) -> float:

@@ -1,4 +1,4 @@
-"""``unroll`` with a hand-structured derivative: the recurrence alone in the loop.
+"""The structured derivative of the scan: the recurrence alone in the reverse loop.
 
 JAX's automatic transpose of ``lax.scan`` performs, in every reverse step, the weight-gradient
 matmul of that step (``h_{t-1}^T dG_t``, a small ``[H, B] @ [B, G]``). Vendor kernels (oneDNN,
@@ -8,6 +8,9 @@ matmul over all steps. This module does the same for any cell that splits its st
 
     r = cell.recur(params, carry)             # the recurrent matmul, h W_h
     carry, y = cell.update(params, carry, px, r)   # elementwise
+
+Used by :class:`~seqjax.Scan` when its derivative resolves to ``"structured"``, for cells that
+:func:`~seqjax.cells.supports` :class:`~seqjax.cells.SplitStep`.
 
 It is written as a :func:`jax.custom_jvp` rather than a ``custom_vjp`` so that forward mode
 (``jax.jvp``, ``jacfwd``) keeps working: the rule states the tangent program in a shape whose
@@ -22,8 +25,8 @@ transpose is the fast backward pass, and JAX derives that transpose:
   from the saved ``(carry, px, r)`` of the step instead of saving its activations.
 
 Residuals saved by the forward pass: the carry entering each step, ``r`` per step, and ``px``
-(hoisted, or recomputed outside the loop as one matmul; see ``unroll.py``). For a cell whose
-``update`` reads only ``z = px + r`` (``update_reads_sum``: LSTM, Elman) the loop saves ``z``
+(hoisted, or saved per step when projected inside the loop). For a cell whose ``update``
+reads only ``z = px + r`` (:class:`~seqjax.cells.SummedUpdate`: LSTM, Elman) the loop saves ``z``
 alone, and the two time-parallel tangents are summed before the loop, so the reverse loop
 reads one ``[B, G]`` slice and writes one ``[B, G]`` gate cotangent per step, shared by the
 ``W_x``, ``W_h``, ``b`` and ``xs`` gradients after it (LSTM B32/T128 forward+backward on
@@ -33,31 +36,16 @@ hand-derived LSTM ``custom_vjp``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
-from seqjax._truncate import stop_at_border, where_border, window_border
-from seqjax._types import Cell
-
-
-def reads_sum(cell) -> bool:
-    """Whether ``cell.update`` reads ``px`` and ``r`` only through ``px + r``."""
-    return bool(getattr(cell, "update_reads_sum", False))
-
-
-def has_structure(cell) -> bool:
-    """Whether ``cell`` offers the ``recur``/``update`` split this derivative needs."""
-    return callable(getattr(cell, "recur", None)) and callable(getattr(cell, "update", None))
-
-
-def names_weight(cell, which: str) -> bool:
-    """Whether ``cell`` names the matrix of its ``which`` map, "project" or "recur" (see Cell)."""
-    return callable(getattr(cell, f"{which}_weight", None))
-
-
-def _recur_input(cell, carry):
-    read = getattr(cell, "recur_input", None)
-    return carry if read is None else read(carry)
+from seqjax._tree import select as _select
+from seqjax._tree import zeros_like as _zeros
+from seqjax.cells._base import Cell, ProjectWeight, RecurWeight, SummedUpdate, supports
+from seqjax.methods._truncate import stop_at_border, where_border, window_border
+from seqjax.tuning import Tuning
 
 
 def _transposed_copy(w):
@@ -79,12 +67,11 @@ def _times_transposed(a, wt):
     return jax.lax.dot_general(a, wt, (((a.ndim - 1,), (1,)), ((), ())))
 
 
-def _select(mask, new, old):  # mask [*B]: per sequence, new where True
-    return jax.tree.map(lambda n, o: jnp.where(mask[..., None], n, o), new, old)
-
-
-def _zeros(tree):
-    return jax.tree.map(jnp.zeros_like, tree)
+def _each_step(fn, lead: int, *trees):
+    """``fn(*trees)`` over the leading time axis, one step ``[*B, ...]`` at a time (``vmap``):
+    for cells whose params hold per-sequence data (``Cell.shared_rows`` False), which
+    flattening ``[T, *B]`` into rows would misalign."""
+    return jax.vmap(fn)(*trees)
 
 
 def _flat_steps(fn, lead: int, *trees):
@@ -108,53 +95,73 @@ def _flat_steps(fn, lead: int, *trees):
     return jax.tree.map(unflat, fn(*jax.tree.map(flat, trees)))
 
 
-def structured_unroll(
-    cell: Cell,
-    params,
-    xs,
-    carry,
-    lengths,
-    resets,
-    *,
-    reverse: bool,
-    truncate: int | None,
-    unroll: int | bool,
-    hoist: bool,
-    save_px: bool,
-    transposed_weights: bool = False,
-):
-    """``(carry, ys)`` of the time-major unroll, with the structured derivative.
+def structured_scan(cell: Cell, params, inputs, plan: Tuning):
+    """``(carry, ys)`` of the time-major scan of ``inputs`` (:class:`~seqjax.methods.Inputs`),
+    with the structured derivative; the layout (``hoist_projection``, ``scan_unroll``,
+    ``transposed_weights``) from ``plan``.
 
-    Same semantics as the scan in :func:`seqjax.unroll` (arguments already checked there);
-    ``xs`` is time-major ``[T, *B, I]``; ``lengths`` ``[*B]`` and ``resets`` ``[T, *B]`` or None.
-    ``save_px``: with ``hoist=False``, save each step's ``px`` (True) or recompute all of them
-    after the loop with one ``project`` (False). ``transposed_weights``: for a cell with
-    ``project_weight``/``recur_weight``, multiply cotangents by row-major transposed copies
-    of those matrices (see ``_transposed_copy``).
+    With the projection inside the loop each step's ``px`` is saved for the reverse pass
+    (XLA:CPU ran that 1.0-1.1x faster than one ``project`` over all steps after the loop);
+    hoisted, the projection before the loop is reused.
     """
-    num_steps = xs.shape[0]
-    additive = reads_sum(cell)
-    by_project = transposed_weights and names_weight(cell, "project")
-    by_recur = transposed_weights and names_weight(cell, "recur")
-    needs_time = lengths is not None or truncate is not None
+    transposed = plan.transposed_weights
+    scan = _Structured(
+        cell=cell,
+        num_steps=inputs.xs.shape[0],
+        reverse=inputs.reverse,
+        truncate=inputs.truncate,
+        unroll=plan.scan_unroll,
+        hoist=plan.hoist_projection,
+        additive=supports(cell, SummedUpdate),
+        by_project=transposed and supports(cell, ProjectWeight),
+        by_recur=transposed and supports(cell, RecurWeight),
+        timed=inputs.lengths is not None or inputs.truncate is not None,
+    )
 
-    def border(t, lengths):  # the carry entering step t is cut there (seqjax/_truncate.py)
-        return window_border(t, truncate, reverse, num_steps, lengths)
+    @jax.custom_jvp
+    def run(params, xs, carry, lengths, resets):
+        final, ys, _, _ = scan.forward(params, xs, carry, lengths, resets, save=False)
+        return final, ys
 
-    def steps_for(lengths):
+    run.defjvp(scan.jvp)
+    return run(params, inputs.xs, inputs.carry, inputs.lengths, inputs.resets)
+
+
+@dataclass(frozen=True)
+class _Structured:
+    """The static configuration of one structured scan, and its forward and tangent passes."""
+
+    cell: Cell
+    num_steps: int
+    reverse: bool
+    truncate: int | None
+    unroll: int | bool
+    hoist: bool
+    additive: bool  # the update reads px + r only: save and differentiate z = px + r
+    by_project: bool  # multiply by a transposed copy of W_x
+    by_recur: bool  # multiply by a transposed copy of W_h
+    timed: bool  # the loop needs the step index (lengths or truncation)
+
+    def border(self, t, lengths):
+        """Whether the carry entering step ``t`` is cut (``_truncate.py``)."""
+        return window_border(t, self.truncate, self.reverse, self.num_steps, lengths)
+
+    def steps(self, lengths):
         step_dtype = jnp.int32 if lengths is None else lengths.dtype
-        return jnp.arange(num_steps, dtype=step_dtype) if needs_time else None
+        return jnp.arange(self.num_steps, dtype=step_dtype) if self.timed else None
 
-    def forward(params, xs, carry, lengths, resets, save: bool):
+    def forward(self, params, xs, carry, lengths, resets, save: bool):
+        """The scan; with ``save``, each step's residuals ``(c, px or z, r)`` too."""
+        cell, hoist = self.cell, self.hoist
         inputs = cell.project(params, xs) if hoist else xs
         fresh = cell.init_carry(xs.shape[1:-1], jax.tree.leaves(carry)[0].dtype)
 
         def body(c, slices):
             t, x, reset = slices
-            if truncate is not None:
-                # Identity here; the cut of this derivative is in run_jvp, but a derivative
-                # of run_jvp's own (forward-over-reverse) differentiates these residuals.
-                c = stop_at_border(border(t, lengths), c)
+            if self.truncate is not None:
+                # Identity here; the cut of this derivative is in jvp, but a derivative of
+                # jvp's own (forward-over-reverse) differentiates these residuals.
+                c = stop_at_border(self.border(t, lengths), c)
             if reset is not None:
                 c = _select(reset, fresh, c)
             px = x if hoist else cell.project(params, x)
@@ -166,37 +173,40 @@ def structured_unroll(
                 y = jnp.where(valid[..., None], y, jnp.zeros_like(y))
             if not save:
                 res = None
-            elif additive:
+            elif self.additive:
                 res = (c, px + r, None)  # z: the one array the update reads
             else:
-                res = (c, px if (save_px and not hoist) else None, r)
+                res = (c, None if hoist else px, r)
             return new_c, (y, res)
 
-        slices = (steps_for(lengths), inputs, resets)
-        final, (ys, res) = jax.lax.scan(body, carry, slices, reverse=reverse, unroll=unroll)
+        slices = (self.steps(lengths), inputs, resets)
+        final, (ys, res) = jax.lax.scan(
+            body, carry, slices, reverse=self.reverse, unroll=self.unroll
+        )
         return final, ys, res, inputs if hoist else None
 
-    @jax.custom_jvp
-    def run(params, xs, carry, lengths, resets):
-        final, ys, _, _ = forward(params, xs, carry, lengths, resets, save=False)
-        return final, ys
-
-    @run.defjvp
-    def run_jvp(primals, tangents):
+    def jvp(self, primals, tangents):
+        """The tangent program whose transpose is the fast backward pass."""
         params, xs, carry, lengths, resets = primals
         d_params, d_xs, d_carry = tangents[:3]
-        final, ys, (cs, pxs, rs), hoisted = forward(params, xs, carry, lengths, resets, True)
-        if additive:
-            pass  # pxs holds z = px + r, saved by the forward loop
-        elif hoist:
+        final, ys, (cs, pxs, rs), hoisted = self.forward(params, xs, carry, lengths, resets, True)
+        if self.hoist and not self.additive:  # with additive, pxs holds z = px + r
             pxs = hoisted
-        elif pxs is None:
-            pxs = cell.project(params, xs)  # one matmul over all steps, after the loop
-        # Time-parallel tangents: their transposes are one large matmul each.
+        wht = _transposed_copy(self.cell.recur_weight(params)) if self.by_recur else None
+        d_pxs, d_rs_w = self.parallel_tangents(params, d_params, xs, d_xs, cs)
+        slices = (self.steps(lengths), cs, pxs, rs, d_pxs, d_rs_w, resets)
+        body = self.reverse_body(params, d_params, lengths, wht)
+        d_final, d_ys = jax.lax.scan(
+            body, d_carry, slices, reverse=self.reverse, unroll=self.unroll
+        )
+        return (final, ys), (d_final, d_ys)
+
+    def parallel_tangents(self, params, d_params, xs, d_xs, cs):
+        """Time-parallel tangents: their transposes are one large matmul each."""
+        cell = self.cell
         lead = xs.ndim - 1  # the T and batch axes, flattened into one (see _flat_steps)
-        if by_recur:
-            wht = _transposed_copy(cell.recur_weight(params))
-        if by_project:  # the input half as dx @ W_x, transposed into one ct @ Wt_x
+        over_steps = _flat_steps if cell.shared_rows else _each_step
+        if self.by_project:  # the input half as dx @ W_x, transposed into one ct @ Wt_x
             wxt = _transposed_copy(cell.project_weight(params))
 
             def project_tangent(x, dx):
@@ -208,30 +218,35 @@ def structured_unroll(
             def project_tangent(x, dx):
                 return jax.jvp(cell.project, (params, x), (d_params, dx))[1]
 
-        d_pxs = _flat_steps(project_tangent, lead, xs, d_xs)
-        d_rs_w = _flat_steps(
+        d_pxs = over_steps(project_tangent, lead, xs, d_xs)
+        d_rs_w = over_steps(
             lambda c: jax.jvp(lambda p: cell.recur(p, c), (params,), (d_params,))[1], lead, cs
         )
-        if additive:  # one tangent slice per step, so one cotangent written per step
+        if self.additive:  # one tangent slice per step, so one cotangent written per step
             d_pxs, d_rs_w = jax.tree.map(jnp.add, d_pxs, d_rs_w), None
+        return d_pxs, d_rs_w
+
+    def reverse_body(self, params, d_params, lengths, wht):
+        """The loop body of the tangent scan: only the carry and gate tangents."""
+        cell, additive = self.cell, self.additive
 
         def recur_c(c, dc):
-            if by_recur:  # transposed into dG @ Wt_h
-                return _times_transposed(_recur_input(cell, dc), wht)
+            if self.by_recur:  # transposed into dG @ Wt_h
+                return _times_transposed(cell.recur_input(params, dc), wht)
             return jax.jvp(lambda c: cell.recur(params, c), (c,), (dc,))[1]
 
         # Recomputed from (c, px, r) in the reverse loop instead of saving its activations.
         def update_fn(p, c, px, r):
-            if additive:  # px is z = px + r here; r is zero
-                r = jnp.zeros_like(px)
+            if additive:  # px is z = px + r here
+                return cell.update_summed(p, c, px)
             return cell.update(p, c, px, r)
 
         update = jax.checkpoint(update_fn, prevent_cse=False)
 
         def body(dc, slices):
             t, c, px, r, d_px, d_r_w, reset = slices
-            if truncate is not None:
-                dc = where_border(border(t, lengths), _zeros(dc), dc)
+            if self.truncate is not None:
+                dc = where_border(self.border(t, lengths), _zeros(dc), dc)
             if reset is not None:
                 dc = _select(reset, _zeros(dc), dc)
             d_r = recur_c(c, dc)
@@ -246,8 +261,4 @@ def structured_unroll(
                 d_y = jnp.where(valid[..., None], d_y, jnp.zeros_like(d_y))
             return d_new, d_y
 
-        slices = (steps_for(lengths), cs, pxs, rs, d_pxs, d_rs_w, resets)
-        d_final, d_ys = jax.lax.scan(body, d_carry, slices, reverse=reverse, unroll=unroll)
-        return (final, ys), (d_final, d_ys)
-
-    return run(params, xs, carry, lengths, resets)
+        return body

@@ -32,6 +32,10 @@ import platform
 import sys
 import warnings
 
+__all__ = [
+    "keep_freed_memory",
+]
+
 # mallopt(3) parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4

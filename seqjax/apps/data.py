@@ -14,6 +14,18 @@ import numpy as np
 
 from seqjax import _checks
 
+__all__ = [
+    "VOCAB_SIZE",
+    "adding_problem",
+    "decode",
+    "encode",
+    "load_corpus",
+    "python_stdlib_text",
+    "split_held_out",
+    "sunspots",
+    "to_streams",
+]
+
 VOCAB_SIZE = 256
 
 

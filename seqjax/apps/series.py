@@ -16,6 +16,11 @@ import numpy as np
 
 from seqjax import _checks
 
+__all__ = [
+    "lorenz",
+    "mackey_glass",
+]
+
 
 def mackey_glass(
     num_steps: int,
