@@ -23,7 +23,8 @@ delete a good state, and never hang? And what does its verification cost against
 * Cost: ``save`` (with its read-back) and ``restore`` (with its checks) against a bare orbax
   ``Checkpointer`` save and restore of the same state, median of ``--repeats`` rounds.
 
-A ``hang`` is a call that has not returned after 60 s (in-process calls are interrupted by
+``intact`` counts corruptions that changed no value that is read (the step restored equals
+what was saved). A ``hang`` is a call that has not returned after 60 s (in-process calls are interrupted by
 SIGALRM; processes by their timeout).
 
 Usage::
@@ -95,6 +96,7 @@ def tally(fault: str, section: str) -> dict:
         "silent_wrong": 0,
         "other_error": 0,
         "hangs": 0,
+        "intact": 0,
         "examples": [],
     }
 
@@ -132,6 +134,13 @@ def corruption_trials(root: Path, repeats: int) -> list[dict]:
                 ):
                     row["recovered"] += 1
                     note(row, str(skipped[0].message).split("(left in place): ")[-1])
+                elif (
+                    restored.step == 2
+                    and faults.bitwise_equal(restored.state, faults.make_state(2))
+                    and not skipped
+                ):  # the fault changed no byte that is read: step 2 is still good
+                    row["intact"] += 1
+                    note(row, "the fault changed no value; step 2 restored, intact")
                 else:
                     row["silent_wrong"] += 1
                     note(row, f"restored step {restored.step}, warnings {len(skipped)}")
@@ -142,8 +151,9 @@ def corruption_trials(root: Path, repeats: int) -> list[dict]:
                 note(row, f"{type(err).__name__}: {err}")
             try:
                 with deadline(HANG_S):
-                    checkpoint.restore(target, faults.make_state(0), faults.META, step=2)
-                row["silent_wrong"] += 1
+                    _, state = checkpoint.restore(target, faults.make_state(0), faults.META, step=2)
+                if not faults.bitwise_equal(state, faults.make_state(2)):
+                    row["silent_wrong"] += 1
             except checkpoint.CorruptCheckpointError as err:
                 row["clear_error"] += str(target / "2") in str(err)
             except Hang:
@@ -405,6 +415,7 @@ def summarize(rows: list[dict]) -> str:
             ("silent wrong", "silent_wrong"),
             ("other error", "other_error"),
             ("hangs", "hangs"),
+            ("intact", "intact"),
             ("example", lambda r: " / ".join(r["examples"]).replace("|", "/")),
         ],
     )
@@ -435,7 +446,8 @@ def summarize(rows: list[dict]) -> str:
         "recovered: resumed from the newest good state bit for bit (corruptions: with one "
         "SkippedCheckpointWarning and no file changed); clear error: one of "
         "seqjax.checkpoint's exceptions naming the folder or file (corruptions: "
-        "`restore(step=2)`), in under 2 s for unwritable paths.\n\n"
+        "`restore(step=2)`), in under 2 s for unwritable paths; intact: the fault changed "
+        "no value that is read, and the step restored equals what was saved.\n\n"
         + table
         + "\n\nCost (median ms; save includes fsync, read-back and retention checks):\n\n"
         + cost_table
