@@ -101,8 +101,19 @@ def check_rnn_vs_flax(rows: list[dict], md: str) -> None:
     assert all(r["max_rel_diff"] <= 1e-3 for r in rows)
 
 
+def check_hlo_fingerprint(rows: list[dict], md: str) -> None:
+    programs = [r["program"] for r in rows]
+    assert len(programs) == len(set(programs)) == 17  # 2 cells x 2 shapes x 4 variants + LM
+    assert all(len(r["hlo_sha1"]) == 16 and r["hlo_lines"] > 10 for r in rows)
+    assert len({r["hlo_sha1"] for r in rows}) == len(rows)  # different programs, different hashes
+
+
 # Script-specific checks; a script without one gets the checks of `run_quick` only.
-CHECKS = {"unroll_projection": check_unroll_projection, "rnn_vs_flax": check_rnn_vs_flax}
+CHECKS = {
+    "unroll_projection": check_unroll_projection,
+    "rnn_vs_flax": check_rnn_vs_flax,
+    "hlo_fingerprint": check_hlo_fingerprint,
+}
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -178,3 +178,20 @@ def test_reverse_flips_a_layer_in_time(key):
     _, got = layer(params, xs, lengths=lengths, time_axis=1, reverse=True)
     _, want = layer(params, flip(xs), lengths=lengths, time_axis=1)
     assert jnp.allclose(got, flip(want), atol=1e-5)
+
+
+def test_equal_method_objects_share_one_compilation(key):
+    """Options are values, not closures: equal objects hit jit's cache (chex counts traces)."""
+    import chex
+
+    cell = sj.GRUCell(I, H)
+    params = cell.init(key)
+    xs = jnp.ones((T, B, I), jnp.float32)
+
+    @chex.assert_max_traces(n=2)  # one per distinct method below, never one per object
+    def run(params, xs, method):
+        return sj.unroll(cell, params, xs, method=method)[1]
+
+    run = jax.jit(run, static_argnums=2)  # method: a static, hashable value
+    for method in (sj.Scan(unroll=2), sj.Scan(unroll=2), sj.Remat(3), sj.Remat((3,))):
+        run(params, xs, method)
