@@ -19,6 +19,16 @@ def positive_int(name: str, value, where: str) -> int:
     return int(value)
 
 
+def sizes(obj, names: tuple[str, ...], where: str) -> None:
+    """Check that the fields ``names`` of a frozen dataclass are positive ints, and store them
+    as Python ints (a NumPy int is accepted; a float, a bool or ``0`` is not)."""
+    for name in names:
+        value = getattr(obj, name)
+        if not is_int(value) or value < 1:
+            raise ValueError(f"{where}: {name} must be a positive int; got {value!r}")
+        object.__setattr__(obj, name, int(value))
+
+
 def positive_number(name: str, value, where: str) -> float:
     """``value`` as a float if it is a positive Python or NumPy real number (not a bool)."""
     real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
@@ -80,8 +90,14 @@ def valid_steps(lengths, num_steps: int) -> jax.Array:
 
 
 def lengths_array(lengths, batch_shape: tuple[int, ...], num_steps: int, where: str) -> jax.Array:
-    """Check per-sequence lengths: integer, shape ``batch_shape``, values in [0, T] when known."""
-    if not isinstance(lengths, jax.core.Tracer):
+    """Check per-sequence lengths: integer, shape ``batch_shape``, values in [0, T].
+
+    Concrete lengths outside ``[0, T]`` raise. Traced ones (under ``jit``) cannot be checked,
+    so they are clipped to ``[0, T]``: every consumer (``unroll``, ``last_valid``,
+    ``mean_valid``, the losses) then reads a length past ``T`` as ``T`` and a negative one as 0.
+    """
+    traced = isinstance(lengths, jax.core.Tracer)
+    if not traced:
         host = np.asarray(lengths)
         if host.size and (host.min() < 0 or host.max() > num_steps):
             raise ValueError(
@@ -96,7 +112,10 @@ def lengths_array(lengths, batch_shape: tuple[int, ...], num_steps: int, where: 
             f"{where}: lengths must have the batch shape of xs, {batch_shape}; "
             f"got shape {lengths.shape}"
         )
-    return wide_int(lengths)
+    lengths = wide_int(lengths)
+    if traced:
+        lengths = jnp.clip(lengths, 0, num_steps).astype(lengths.dtype)
+    return lengths
 
 
 def carry_matches(carry, expected, where: str) -> None:

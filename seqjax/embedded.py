@@ -60,6 +60,9 @@ class _Lookup(CellWrapper):
     def inner_params(self, params):
         return params[1]
 
+    def check_params(self, params, where: str = "unroll") -> None:
+        self.cell.check_params(params[1], where)  # the projected table is built here
+
     def project(self, params, ids: Array) -> Array:
         # "clip" keeps the lookup a plain gather: the default ("fill") adds a bounds select
         # that XLA:CPU fused into one of the step's elementwise kernels, which made the

@@ -31,6 +31,7 @@ from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.cells._base import Cell
 from seqjax.layers import Dense, DenseParams
+from seqjax.losses import mean_squared_error
 from seqjax.unroll import unroll
 
 __all__ = [
@@ -297,11 +298,14 @@ class LatentAR:
         unchanged and predict zeros (as :func:`seqjax.unroll`).
         """
         xs = _checks.series("xs", xs, "LatentAR")
+        if lengths is not None:
+            lengths = _checks.lengths_array(lengths, xs.shape[1:-1], xs.shape[0], "LatentAR")
+            mask = _checks.valid_steps(lengths, xs.shape[0])[..., None]
+            xs = jnp.where(mask, xs, jnp.zeros_like(xs))  # padding: inert in both directions
         carry, hs = unroll(self.cell, params.cell, xs, carry, lengths=lengths)
         ys = self._read_out(params, hs, xs)
         if lengths is not None:
-            mask = _checks.valid_steps(lengths, xs.shape[0])
-            ys = jnp.where(mask[..., None], ys, jnp.zeros_like(ys))
+            ys = jnp.where(mask, ys, jnp.zeros_like(ys))
         return carry, ys
 
 
@@ -434,17 +438,18 @@ def one_step_loss(
             f"got {skip!r}"
         )
     skip = int(skip)
-    _, ys = model(params, xs[:-1])
     if lengths is not None:
         lengths = _checks.lengths_array(lengths, xs.shape[1:-1], xs.shape[0], "one_step_loss")
+        # Padding is inert: zeroed before any model reads it (a window model has no lengths).
+        valid = _checks.valid_steps(lengths, xs.shape[0])[..., None]
+        xs = jnp.where(valid, xs, jnp.zeros_like(xs))
+    _, ys = model(params, xs[:-1])
     dtype = jnp.int32 if lengths is None else lengths.dtype
     steps = jnp.arange(1, xs.shape[0], dtype=dtype).reshape(-1, *([1] * (xs.ndim - 2)))
     mask = jnp.broadcast_to(steps > skip, ys.shape[:-1])
     if lengths is not None:
         mask = mask & (steps < lengths[None])
-    errors = jnp.sum((ys - xs[1:]) ** 2, axis=-1)
-    total = jnp.where(mask, errors, jnp.zeros_like(errors)).sum()
-    return total / jnp.maximum(mask.sum(), 1).astype(errors.dtype)
+    return mean_squared_error(ys, xs[1:], mask)
 
 
 def last_value_forecast(context: Array, horizon: int) -> Array:

@@ -281,8 +281,7 @@ def beam_search(
         ([[3, 4, 4, 4], [3, 3, 4, 4]], [2, 3])
     """
     token = _check_token("beam_search", token)
-    if not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_search: beam_width must be a positive int; got {beam_width!r}")
+    beam_width = _checks.positive_int("beam_width", beam_width, "beam_search")
     batch_shape, k = token.shape, beam_width
     axis = len(batch_shape)  # the beam axis, right after the batch dims
 

@@ -354,6 +354,9 @@ class Dense:
     input_size: int
     output_size: int
 
+    def __post_init__(self):
+        _checks.sizes(self, ("input_size", "output_size"), "Dense")
+
     def init(self, key: PRNGKey, dtype=jnp.float32) -> DenseParams:
         w = glorot_uniform(key, (self.input_size, self.output_size), dtype)
         return DenseParams(w=w, b=jnp.zeros((self.output_size,), dtype))
@@ -386,6 +389,9 @@ class Embedding:
 
     vocab_size: int
     features: int
+
+    def __post_init__(self):
+        _checks.sizes(self, ("vocab_size", "features"), "Embedding")
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> EmbeddingParams:
         return EmbeddingParams(jax.random.normal(key, (self.vocab_size, self.features), dtype))

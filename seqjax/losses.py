@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from seqjax import _checks
@@ -86,6 +88,13 @@ def cross_entropy(
 ) -> Array:
     """Softmax cross-entropy in nats over valid positions.
 
+    Targets outside ``[0, V)`` at valid positions are an error: concrete ones raise a
+    ValueError naming them; traced ones (under ``jit``, where they cannot be checked) make
+    the loss NaN (and the gradient at those positions), so the mistake shows instead of
+    scoring another class
+    (a target of -1 would otherwise read the last class). Targets at masked positions may
+    hold anything (a padding id such as -100).
+
     Args:
         logits: ``[..., V]`` unnormalised log-probabilities (e.g. ``[T, *B, V]``).
         targets: ``[...]`` integer class ids in ``[0, V)``.
@@ -108,8 +117,21 @@ def cross_entropy(
             f"got {targets.shape}"
         )
     mask = _loss_mask(mask, targets.shape, "cross_entropy")
+    vocab = logits.shape[-1]
+    outside = (targets < 0) | (targets >= vocab)
+    if mask is not None:
+        outside = outside & mask
+    if not isinstance(outside, jax.core.Tracer) and bool(outside.any()):
+        bad = np.unique(np.asarray(targets)[np.asarray(outside)])
+        raise ValueError(
+            f"cross_entropy: targets must lie in [0, V) = [0, {vocab}) at the positions that "
+            f"count (mask them out otherwise); got {bad[:10].tolist()}"
+        )
     if mask is not None:  # padded logits may be NaN; 0 * NaN would reach the gradient
         logits = jnp.where(mask[..., None], logits, jnp.zeros_like(logits))
+        targets = jnp.where(mask, targets, jnp.zeros_like(targets))
+    # Traced targets outside [0, V): a NaN loss and gradient rather than another class's.
+    logits = jnp.where(outside[..., None], jnp.full_like(logits, jnp.nan), logits)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return _reduce(losses, mask, average)
 
@@ -184,7 +206,9 @@ def _errors(predictions, targets, mask, where):
             f"{where}: mask must have the shape of predictions or a prefix of it "
             f"(e.g. without the feature axis), {predictions.shape}; got {mask.shape}"
         ) from err
-    return predictions - targets, mask
+    # Zero where masked, before any square: NaN padding then reaches no gradient either.
+    errors = jnp.where(mask, predictions - targets, jnp.zeros_like(targets))
+    return errors, mask
 
 
 def rmse(predictions: Array, targets: Array, mask: Array | None = None) -> Array:
@@ -220,8 +244,9 @@ def nrmse(
     """
     errors, mask = _errors(predictions, targets, mask, "nrmse")
     if scale is None:
+        targets = jnp.where(mask, targets, jnp.zeros_like(targets))
         mean = masked_mean(targets, mask)
-        scale = jnp.sqrt(masked_mean((targets - mean) ** 2, mask))
+        scale = jnp.sqrt(masked_mean(jnp.where(mask, targets - mean, 0.0) ** 2, mask))
     return jnp.sqrt(masked_mean(errors**2, mask)) / scale
 
 

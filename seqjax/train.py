@@ -42,6 +42,7 @@ class StepMetrics(NamedTuple):
 
     loss: Array  # [] the loss the update followed
     grad_norm: Array  # [] global L2 norm of the gradient before clipping
+    skipped: Array | int = 0  # [] 1 where skip_nonfinite left the update out (int32)
 
 
 def default_optimizer(
@@ -52,8 +53,13 @@ def default_optimizer(
 ) -> optax.GradientTransformation:
     """The default recipe: optional clipping by value, clipping by global norm, then Adam.
 
+    The optimizer's state and arithmetic are float32 for half-precision parameters (float16,
+    bfloat16), and the updates are cast back to each parameter's dtype: Adam's ``eps`` of
+    1e-8 rounds to 0 in float16, so a float16 Adam divides by zero on its first update.
+    (Float32 and wider parameters are untouched: the recipe is then exactly optax's.)
+
     Args:
-        learning_rate: Adam's step size (or an optax schedule).
+        learning_rate: Adam's step size, a positive finite number (or an optax schedule).
         max_norm: rescale the gradient when its global L2 norm exceeds this (Pascanu et
             al., 2013); None turns it off.
         max_value: clip every gradient entry to ``[-max_value, max_value]`` first; off
@@ -65,16 +71,49 @@ def default_optimizer(
         >>> state = optimizer.init({"w": jnp.zeros(3)})
     """
     parts = []
-    # A bound <= 0 would freeze or reverse the gradient.
+    where = "default_optimizer"
+    # A bound <= 0 would freeze or reverse the gradient; a NaN or negative step size would
+    # train to NaN (or away from the minimum) without a word.
     for name, bound in (("max_value", max_value), ("max_norm", max_norm)):
         if bound is not None:
-            _checks.positive_number(name, bound, "default_optimizer")
+            _checks.positive_number(name, bound, where)
+    if not callable(learning_rate):
+        rate = _checks.positive_number("learning_rate", learning_rate, where)
+        if rate == float("inf"):
+            raise ValueError(f"{where}: learning_rate must be finite; got {learning_rate!r}")
     if max_value is not None:
         parts.append(optax.clip(max_value))
     if max_norm is not None:
         parts.append(optax.clip_by_global_norm(max_norm))
     parts.append(optax.adam(learning_rate))
-    return optax.chain(*parts)
+    return _half_in_float32(optax.chain(*parts))
+
+
+def _widened(tree: PyTree) -> PyTree:
+    """Half-precision leaves as float32; every other leaf as it is (the same object)."""
+
+    def widen(a):
+        dtype = jnp.result_type(a)
+        if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+            return a.astype(jnp.float32)
+        return a
+
+    return jax.tree.map(widen, tree)
+
+
+def _half_in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner`` run in float32 for half-precision parameters, its updates cast back."""
+
+    def init(params):
+        return inner.init(_widened(params))
+
+    def update(updates, state, params=None):
+        dtypes = jax.tree.map(jnp.result_type, updates)
+        widened = None if params is None else _widened(params)
+        updates, state = inner.update(_widened(updates), state, widened)
+        return jax.tree.map(lambda u, d: u.astype(d), updates, dtypes), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def global_norm(tree: PyTree) -> Array:
@@ -89,8 +128,29 @@ def apply_gradients(optimizer, params: PyTree, opt_state, grads: PyTree):
     return optax.apply_updates(params, updates), opt_state
 
 
+def _apply_or_skip(optimizer, params, opt_state, grads, loss, grad_norm, skip_nonfinite):
+    """One update, or with ``skip_nonfinite`` none where the loss or gradient is not finite."""
+    new_params, new_state = apply_gradients(optimizer, params, opt_state, grads)
+    if not skip_nonfinite:
+        return new_params, new_state, StepMetrics(loss, grad_norm, jnp.zeros((), jnp.int32))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def keep(new, old):
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    skipped = (~finite).astype(jnp.int32)
+    return (
+        keep(new_params, params),
+        keep(new_state, opt_state),
+        StepMetrics(loss, grad_norm, skipped),
+    )
+
+
 def bptt_step(
-    loss_fn: Callable[[PyTree, Any], Array], optimizer: optax.GradientTransformation
+    loss_fn: Callable[[PyTree, Any], Array],
+    optimizer: optax.GradientTransformation,
+    *,
+    skip_nonfinite: bool = False,
 ) -> Callable[[PyTree, Any, Any], tuple[PyTree, Any, StepMetrics]]:
     """A training step by backpropagation through time: ``value_and_grad`` through the loss.
 
@@ -98,6 +158,9 @@ def bptt_step(
         loss_fn: ``loss_fn(params, batch) -> []`` scalar loss, typically running
             :func:`seqjax.unroll` (with ``truncate=k`` for truncated BPTT in one loss).
         optimizer: any optax ``GradientTransformation``, e.g. :func:`default_optimizer`.
+        skip_nonfinite: where the loss or the gradient norm is NaN or infinite, leave the
+            params and the optimizer state as they were and report ``skipped = 1`` (as optax's
+            ``apply_if_finite`` does); off by default, so that divergence is seen.
 
     Returns:
         ``step(params, opt_state, batch) -> (params, opt_state, StepMetrics)``, pure and
@@ -124,8 +187,7 @@ def bptt_step(
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         grad_norm = global_norm(grads)
-        params, opt_state = apply_gradients(optimizer, params, opt_state, grads)
-        return params, opt_state, StepMetrics(loss, grad_norm)
+        return _apply_or_skip(optimizer, params, opt_state, grads, loss, grad_norm, skip_nonfinite)
 
     return step
 
@@ -133,6 +195,8 @@ def bptt_step(
 def tbptt_step(
     loss_fn: Callable[[PyTree, PyTree, Any], tuple[Array, PyTree]],
     optimizer: optax.GradientTransformation,
+    *,
+    skip_nonfinite: bool = False,
 ) -> Callable[[PyTree, Any, PyTree, Any], tuple[PyTree, Any, PyTree, StepMetrics]]:
     """One streamed truncated-BPTT update: a window in, the carry for the next window out.
 
@@ -142,6 +206,8 @@ def tbptt_step(
             the next window (the carry after the last step; in the k1/k2 form, the carry
             after the first ``k1`` steps, see :func:`window_loss`).
         optimizer: any optax ``GradientTransformation``.
+        skip_nonfinite: as for :func:`bptt_step` (the carry still moves on to the next
+            window: a skipped update does not replay the window).
 
     Returns:
         ``step(params, opt_state, carry, window) -> (params, opt_state, next_carry,
@@ -153,8 +219,10 @@ def tbptt_step(
         carry = jax.lax.stop_gradient(carry)
         (loss, next_carry), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, carry, window)
         grad_norm = global_norm(grads)
-        params, opt_state = apply_gradients(optimizer, params, opt_state, grads)
-        return params, opt_state, jax.lax.stop_gradient(next_carry), StepMetrics(loss, grad_norm)
+        params, opt_state, metrics = _apply_or_skip(
+            optimizer, params, opt_state, grads, loss, grad_norm, skip_nonfinite
+        )
+        return params, opt_state, jax.lax.stop_gradient(next_carry), metrics
 
     return step
 

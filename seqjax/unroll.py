@@ -62,6 +62,8 @@ def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str)
     xs = _checks.floating_array("xs", xs, where)
     axis = _checks.time_axis_of("xs", xs.shape, time_axis, where)
     _checks.feature_size("xs", xs.shape, cell.input_size, where)
+    if isinstance(cell, Cell):
+        cell.check_params(params, where)
     xs = jnp.moveaxis(xs, axis, 0)
     num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
     px_dtype = jax.eval_shape(cell.project, params, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
@@ -91,6 +93,11 @@ def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str)
 def _inputs(cell, params, xs, carry, lengths, resets, reverse, truncate, time_axis, where):
     """The checked, time-major :class:`~seqjax.methods.Inputs`, and the caller's time axis."""
     xs, carry, lengths, axis = _prepare(cell, params, xs, carry, lengths, time_axis, where)
+    if lengths is not None:
+        # Padding is inert in both directions: a NaN or Inf there would reach no value, but
+        # the step still runs on it, and 0 x NaN in its derivative would poison every gradient.
+        valid = _checks.valid_steps(lengths, xs.shape[0])[..., None]
+        xs = jnp.where(valid, xs, jnp.zeros_like(xs))
     if resets is not None:
         resets = _checks.resets_array(resets, xs.shape[:-1], axis, where)
         if lengths is not None:

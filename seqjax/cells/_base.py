@@ -35,6 +35,7 @@ exactly when its wrapped cell does.
 from __future__ import annotations
 
 import abc
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -42,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 
 
@@ -65,6 +67,13 @@ class Cell(abc.ABC):
     # rows (the structured derivative does, for speed). False for a cell whose params hold
     # per-sequence data, such as VariationalDropoutCell's masks.
     shared_rows: ClassVar[bool] = True
+
+    def __post_init__(self):
+        """Check the sizes that are fields of this cell: positive ints (``LSTMCell(3, -2)``,
+        ``GRUCell(3, 4.0)`` and ``hidden_size=0`` are refused here, not deep inside JAX)."""
+        fields = getattr(type(self), "__dataclass_fields__", {})
+        own = tuple(name for name in ("input_size", "hidden_size") if name in fields)
+        _checks.sizes(self, own, type(self).__name__)
 
     @abc.abstractmethod
     def init(self, key: PRNGKey, dtype: Any = jnp.float32) -> PyTree:
@@ -93,6 +102,62 @@ class Cell(abc.ABC):
     def supports(self, capability: type) -> bool:
         """Whether this cell offers ``capability`` (one of :data:`CAPABILITIES`)."""
         return isinstance(self, capability)
+
+    def check_params(self, params: PyTree, where: str = "unroll") -> None:
+        """Raise a ValueError naming this cell unless ``params`` have the structure and leaf
+        shapes of ``init``'s (noise drawn by :func:`with_noise` allowed; dtypes free).
+
+        Parameters of another cell or of another size are the common mistake; without this
+        check they fail deep inside JAX (a ``dot_general`` shape error, a missing field).
+        """
+        if supports(self, Noisy):
+            params = with_noise(self, params, None, deterministic=True)
+        expected = _init_shapes(self)
+        got_paths = _leaf_shapes(params)
+        want_paths = _leaf_shapes(expected)
+        if jax.tree.structure(params) != jax.tree.structure(expected):
+            missing = [p for p in want_paths if p not in got_paths]
+            extra = [p for p in got_paths if p not in want_paths]
+            raise ValueError(
+                f"{where}: params do not fit {self!r}: it expects {_describe(expected)}; got "
+                f"{_describe(params)}"
+                + (f" (missing {missing})" if missing else "")
+                + (f" (unexpected {extra})" if extra else "")
+                + ". Parameters of another cell? Draw them with this cell's init."
+            )
+        for path, shape in want_paths.items():
+            if got_paths[path] != shape:
+                raise ValueError(
+                    f"{where}: params leaf {path} must have shape {shape} for {self!r}; got "
+                    f"{got_paths[path]}. Parameters of another size? Draw them with this "
+                    "cell's init."
+                )
+
+
+def _init_shapes(cell: Cell) -> PyTree:
+    """The shapes of ``cell.init``'s params (traced once per cell and cached)."""
+    try:
+        return _cached_init_shapes(cell)
+    except TypeError:  # an unhashable cell
+        return jax.eval_shape(lambda: cell.init(jax.random.key(0)))
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_init_shapes(cell: Cell) -> PyTree:
+    return jax.eval_shape(lambda: cell.init(jax.random.key(0)))
+
+
+def _leaf_shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path) or "params": tuple(jnp.shape(a)) for path, a in leaves}
+
+
+def _describe(tree: PyTree) -> str:
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return f"{type(tree).__name__}({', '.join(tree._fields)})"
+    if isinstance(tree, tuple):
+        return f"a tuple of {len(tree)}"
+    return type(tree).__name__
 
 
 @runtime_checkable

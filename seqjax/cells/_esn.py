@@ -255,10 +255,7 @@ class EchoStateCell(Cell):
 
     def __post_init__(self):
         where = "EchoStateCell"
-        for name in ("input_size", "hidden_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{where}: {name} must be a positive int; got {value!r}")
+        super().__post_init__()
         leak = _as_tuple_or_float(self.leak_rate, self.hidden_size, "leak_rate", where)
         scaling = _as_tuple_or_float(self.input_scaling, self.input_size, "input_scaling", where)
         object.__setattr__(self, "leak_rate", leak)

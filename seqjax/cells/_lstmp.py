@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax import _checks
 from seqjax._types import Array, PRNGKey
 from seqjax.cells._base import Cell
 from seqjax.cells._common import _draw_dtype, affine, glorot_uniform
@@ -79,10 +80,7 @@ class LSTMProjCell(Cell):
     forget_bias: float = 1.0
 
     def __post_init__(self):
-        for name in ("input_size", "hidden_size", "cell_size"):
-            size = getattr(self, name)
-            if not isinstance(size, int) or size < 1:
-                raise ValueError(f"LSTMProjCell: {name} must be a positive int; got {size!r}")
+        _checks.sizes(self, ("input_size", "hidden_size", "cell_size"), "LSTMProjCell")
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> LSTMProjParams:
         """Draw parameters; ``dtype`` is the parameter dtype."""

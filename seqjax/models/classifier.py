@@ -76,6 +76,7 @@ class SequenceClassifier:
     options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
+        _checks.sizes(self, ("num_classes",), "SequenceClassifier")
         if self.embed is not None and self.embed.features != self.encoder.input_size:
             raise ValueError(
                 "SequenceClassifier: embed.features must equal the encoder's input_size "

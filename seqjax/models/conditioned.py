@@ -70,6 +70,7 @@ class ConditionedGenerator:
     options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
+        _checks.sizes(self, ("condition_size", "vocab_size", "embed_size"), "ConditionedGenerator")
         if self.options.reverse:
             raise ValueError(
                 "ConditionedGenerator: options.reverse must be False (a decoder generates "

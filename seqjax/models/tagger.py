@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.layers import Dense, DenseParams, Embedding
 from seqjax.losses import cross_entropy
@@ -64,6 +65,7 @@ class SequenceTagger:
     options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
+        _checks.sizes(self, ("num_tags",), "SequenceTagger")
         if self.embed is not None and self.embed.features != self.encoder.input_size:
             raise ValueError(
                 "SequenceTagger: embed.features must equal the encoder's input_size "
