@@ -38,6 +38,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 
+import seqjax
 from seqjax import ElmanCell, GRUCell, LSTMCell
 from seqjax.apps.bench import (
     PEERS as PACKAGE_PEERS,
@@ -263,8 +264,27 @@ def jax_cudnn_peer(cell, params, xs, mode: str) -> Peer:
     )  # fmt: skip
 
 
+def pallas_peer(cell, params, xs, mode: str) -> Peer:
+    """``seqjax.unroll(method=Pallas())``: seqjax's persistent kernel (compiled on GPU only)."""
+    if jax.default_backend() != "gpu":
+        raise PeerUnavailable(
+            f"the Pallas kernel is compiled for GPUs; on {jax.default_backend()} it runs in "
+            "interpret mode, for tests only"
+        )
+    method = seqjax.Pallas()
+    try:
+        method.check(cell)
+    except TypeError as err:
+        raise PeerUnavailable(str(err)) from err
+    return jax_contender(
+        "seqjax.pallas", lambda p: p, lambda p, x: seqjax.unroll(cell, p, x, method=method)[1],
+        params, xs, mode, meta={"method": "Pallas()"},
+    )  # fmt: skip
+
+
 PEERS = {
     **PACKAGE_PEERS,
+    "seqjax.pallas": pallas_peer,
     "flax.nnx": nnx_peer,
     "equinox": equinox_peer,
     "haiku": haiku_peer,

@@ -59,6 +59,16 @@ SWEEP_B = [1, 8, 32, 128]
 SWEEP_H = [64, 128, 256, 512]
 SWEEP_BH_SHAPE = (128, 64)  # T, I
 CELLS = ("lstm", "gru", "elman")
+# DeepBench's RNN training set (baidu-research/DeepBench, code/kernels/rnn_problems.h):
+# (hidden, batch, steps) per cell, input size = hidden as there. Its longest GRU rows
+# (T = 750, 1500) are left out here to keep one accelerator run within minutes.
+DEEPBENCH = {
+    "lstm": [(h, b, 25) for h in (512, 1024, 2048) for b in (16, 32, 64, 128)]
+    + [(1536, b, 50) for b in (8, 16, 32)]
+    + [(256, b, 150) for b in (16, 32, 64)],
+    "gru": [(h, 32, t) for h in (1536, 2048, 2560) for t in (187, 375)] + [(2816, 32, 187)],
+}
+QUICK_DEEPBENCH = {"lstm": [(4, 2, 3)], "gru": [(4, 2, 5)]}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -71,6 +81,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-sample-ms", type=float, help="shortest sample (default 50)")
     parser.add_argument("--sweep-T", action="store_true", help="sweep T = 128 .. 16384")
     parser.add_argument("--sweep-BH", action="store_true", help="sweep B and H at T = 128")
+    parser.add_argument(
+        "--deepbench", action="store_true", help="DeepBench's LSTM and GRU training shapes"
+    )
     parser.add_argument(
         "--also-default", action="store_true", help="with a sweep, also run the default configs"
     )
@@ -108,10 +121,10 @@ def run_configs(args, rec: h.Recorder, configs, experiment: str) -> None:
     names = ["seqjax", *(p for p in (args.peers or _peers.PEERS) if p != "seqjax")]
     key = jax.random.key(0)
     compiled_again = []  # sweep-T: (contenders, recorded rows), compiled again at the end
-    for b, t, i, hid in configs:
+    for b, t, i, hid, *only in configs:
         cfg = config_name(b, t, i, hid)
         xs = jax.random.normal(jax.random.fold_in(key, 1), (t, b, i), jnp.float32)
-        for name in args.cells:
+        for name in (c for c in args.cells if not only or c in only):
             cell = bench.CELL_TYPES[name](i, hid)
             params = cell.init(jax.random.fold_in(key, 2), jnp.float32)
             for mode in args.modes:
@@ -407,6 +420,9 @@ def run_experiment(args, experiment: str) -> h.Recorder:
     rec = h.Recorder(script, args)
     if experiment == "default":
         configs = QUICK_CONFIGS if args.quick else CONFIGS
+    elif experiment == "deepbench":
+        table = QUICK_DEEPBENCH if args.quick else DEEPBENCH
+        configs = [(b, t, h, h, cell) for cell, rows in table.items() for h, b, t in rows]
     elif experiment == "sweep-T":
         b, i, hid = (2, 3, 4) if args.quick else SWEEP_T_SHAPE
         ts = args.T_values or (QUICK_SWEEP_T if args.quick else SWEEP_T)
@@ -429,7 +445,8 @@ def run_experiment(args, experiment: str) -> h.Recorder:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    experiments = [e for e, on in (("sweep-T", args.sweep_T), ("sweep-BH", args.sweep_BH)) if on]
+    chosen = (("sweep-T", args.sweep_T), ("sweep-BH", args.sweep_BH), ("deepbench", args.deepbench))
+    experiments = [e for e, on in chosen if on]
     if not experiments or args.also_default:
         experiments.insert(0, "default")
     print(f"backend {jax.default_backend()}: {jax.devices()[0].device_kind}; "
