@@ -21,6 +21,7 @@ from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.cells._base import Cell, Layer, Noisy, supports, with_noise
 from seqjax.cells._common import affine, glorot_uniform
+from seqjax.losses import masked_mean
 from seqjax.methods import Method
 from seqjax.unroll import UnrollOptions, unroll
 
@@ -440,6 +441,4 @@ def mean_valid(ys: Array, lengths: Array | None = None, *, time_axis: int = 0) -
         return ys.mean(axis=0)
     lengths = _checks.lengths_array(lengths, ys.shape[1:-1], ys.shape[0], "mean_valid")
     mask = _checks.valid_steps(lengths, ys.shape[0])[..., None]
-    total = jnp.where(mask, ys, jnp.zeros_like(ys)).sum(axis=0)
-    count = jnp.maximum(lengths, 1)[..., None].astype(ys.dtype)
-    return total / count
+    return masked_mean(ys, mask, axis=0)  # accumulated in >= float32, like every masked mean

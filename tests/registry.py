@@ -7,6 +7,7 @@ import pytest
 
 from seqjax import EchoStateCell, ElmanCell, GRUCell, LSTMCell, Stack
 from seqjax.cells import (
+    BY_NAME,
     LayerNormGRUCell,
     LayerNormLSTMCell,
     LearnedInitCell,
@@ -22,10 +23,10 @@ from seqjax.cells import (
 I, H = 3, 4
 
 CELLS = {
-    "elman_tanh": ElmanCell(I, H),
+    # The three classic cells come from seqjax.cells.BY_NAME, the one table of cells by name.
+    **{name: BY_NAME[name](I, H) for name in ("lstm", "gru")},
+    "elman_tanh": BY_NAME["elman"](I, H),
     "elman_relu": ElmanCell(I, H, activation=jax.nn.relu),
-    "lstm": LSTMCell(I, H),
-    "gru": GRUCell(I, H),
     "gru_reset_before": GRUCell(I, H, reset_after=False),
     "stack_lstm_gru": Stack((LSTMCell(I, H), GRUCell(H, 5))),
     "min_gru": MinGRUCell(I, H),
