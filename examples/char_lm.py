@@ -5,7 +5,7 @@
     python examples/char_lm.py --corpus my_text.txt --cell gru --num-layers 2
 
 The same as ``seqjax train-charlm`` (every option is the command's); the code that does
-the work is ``seqjax/char_lm.py``: the model, the training loop over windows, evaluation
+the work is ``seqjax/apps/char_lm.py``: the model, the training loop over windows, evaluation
 in bits per character, checkpointing and sampling.
 """
 

@@ -379,8 +379,9 @@ def params_from_torch(model, state_dict: dict[str, Any]) -> PyTree:
     Raises:
         TypeError: the model is not one of those, or a dtype is wrong.
         ValueError: keys are missing or unexpected (e.g. ``weight_hr_l0`` from LSTM
-            ``proj_size``, which seqjax does not have), a shape is wrong, or the model has
-            no PyTorch counterpart.
+            ``proj_size`` read into an :class:`~seqjax.LSTMCell`: use
+            :class:`~seqjax.LSTMProjCell` for it), a shape is wrong, or the model has no
+            PyTorch counterpart.
 
     Example:
         >>> import numpy as np
