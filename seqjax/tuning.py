@@ -65,6 +65,7 @@ class Tuning:
 # JAX's standard layout: what a platform nobody has measured gets.
 DEFAULT = Tuning()
 
+#: One :class:`Tuning` per platform that was measured; any other platform gets ``Tuning()``.
 TABLE: dict[str, Tuning] = {
     "cpu": Tuning(
         scan_unroll=1,

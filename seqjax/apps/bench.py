@@ -72,7 +72,9 @@ __all__ = [
     "torch_peer",
 ]
 
+#: The cells ``--cells`` chooses from, :data:`seqjax.cells.BY_NAME`.
 CELL_TYPES = BY_NAME
+#: What is timed, the forward pass alone and forward plus backward.
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -319,6 +321,7 @@ def torch_peer(cell, params, xs, mode: str) -> Peer:
     return Peer("torch", prepare, to_reference, meta=meta)
 
 
+#: The contenders by name, each a function that builds its :class:`Peer`.
 PEERS: dict[str, Callable[..., Peer]] = {
     "seqjax": seqjax_peer,
     "flax.linen": flax_linen_peer,
@@ -357,7 +360,7 @@ def _describe(cell) -> str:
 
 
 def reference_result(cell, params, xs, mode: str):
-    """seqjax's result for ``cell`` in the layout :attr:`Peer.to_reference` returns."""
+    """seqjax's result for ``cell`` in the layout ``Peer.to_reference`` returns."""
     forward = jax.jit(lambda p, x: unroll(cell, p, x)[1])
     if mode == "fwd":
         return forward(params, xs)

@@ -184,6 +184,7 @@ class Noisy(Protocol):
     ) -> PyTree: ...
 
 
+#: Every capability protocol, in the order the docs list them.
 CAPABILITIES: tuple[type, ...] = (
     SplitStep,
     SummedUpdate,
@@ -262,7 +263,7 @@ class CellWrapper(Cell):
     enter(params, carry), px))``: ``enter`` gives the state the wrapped cell reads (a
     dropout mask applied, a learned state blended in), ``leave`` the wrapper's new carry
     and output from the wrapped cell's (zoneout mixed in, a step counted). Every
-    capability in :data:`FORWARDABLE` is implemented here through the same hooks;
+    capability in ``FORWARDABLE`` is implemented here through the same hooks;
     ``forwards`` lists those the subclass's semantics keep (say which and why in its
     docstring), ``own`` those it always has.
 

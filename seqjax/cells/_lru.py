@@ -69,7 +69,8 @@ class LRUCell(Cell):
     Attributes:
         input_size: ``I``.
         hidden_size: ``H``, complex state units and output features.
-        r_min, r_max: range of the initial eigenvalue moduli.
+        r_min: smallest initial eigenvalue modulus.
+        r_max: largest initial eigenvalue modulus.
         max_phase: largest initial eigenvalue phase.
 
     Example:

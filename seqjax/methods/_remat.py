@@ -40,7 +40,9 @@ class Remat(Method):
 
     Attributes:
         chunks: ``k``, or the nested chunk sizes, outermost first.
-        unroll, hoist_projection, tuning: as for :class:`~seqjax.Scan`.
+        unroll: as for :class:`~seqjax.Scan`.
+        hoist_projection: as for :class:`~seqjax.Scan`.
+        tuning: as for :class:`~seqjax.Scan`.
 
     Example:
         >>> import jax, jax.numpy as jnp
