@@ -42,7 +42,11 @@ from seqjax.cells._zoneout import ZoneoutCarry, ZoneoutCell, ZoneoutParams
 
 #: The three classic cells by name, the ones PyTorch and Flax also have
 #: (``seqjax train-charlm --cell`` and ``seqjax bench --cells`` choose from these).
-BY_NAME: dict[str, type[Cell]] = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}
+BY_NAME: dict[str, type[LSTMCell | GRUCell | ElmanCell]] = {
+    "lstm": LSTMCell,
+    "gru": GRUCell,
+    "elman": ElmanCell,
+}
 
 __all__ = [
     "BY_NAME",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +72,8 @@ class Remat(Method):
         base = self.tuning if self.tuning is not None else for_platform(platform_of(inputs.xs))
         plan = base.replace(scan_unroll=self.unroll, hoist_projection=self.hoist_projection)
         body, xs = scan_body(cell, params, inputs, plan)
-        return chunked_scan(body, inputs.carry, xs, inputs.reverse, plan.scan_unroll, self.chunks)
+        chunks = cast(tuple[int, ...], self.chunks)  # __post_init__ made it a tuple
+        return chunked_scan(body, inputs.carry, xs, inputs.reverse, plan.scan_unroll, chunks)
 
 
 def chunked_scan(body, carry, xs, reverse: bool, unroll, chunks: tuple[int, ...]):
