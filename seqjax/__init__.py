@@ -120,7 +120,7 @@ try:
 except _metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
     __version__ = "0+unknown"
 
-# The public submodules, each with its own ``__all__`` (the docs' API reference walks these).
+#: The public submodules, each with its own ``__all__`` (the docs' API reference walks these).
 SUBMODULES = (
     "seqjax.cells",
     "seqjax.methods",

@@ -122,7 +122,8 @@ def carry_matches(carry, expected, where: str) -> None:
     """Check a user carry against the structure and shapes ``expected`` (a carry or its shapes)."""
     got_def = jax.tree.structure(carry)
     want_def = jax.tree.structure(expected)
-    if got_def != want_def:
+    # jaxlib's PyTreeDef reaches mypy as an unresolvable alias (shown "PyTreeDef?").
+    if got_def != want_def:  # type: ignore[operator]
         raise ValueError(f"{where}: carry must have structure {want_def}; got {got_def}")
     for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(expected), strict=True):
         if jnp.shape(got) != want.shape:

@@ -12,6 +12,7 @@ to 25.4 ms on one device and from 21.9 to 20.3 ms on two (2-core EPYC, jax 0.10.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -156,7 +157,7 @@ def embedded_unroll(
             f"that names project_weight) and V <= {_MAX_VOCAB}; got {type(cell).__name__} "
             f"and V = {vocab}"
         )
-    options = dict(
+    options: dict[str, Any] = dict(
         lengths=lengths, resets=resets, reverse=reverse, truncate=truncate, time_axis=time_axis,
         method=method,
     )  # fmt: skip

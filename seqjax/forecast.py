@@ -500,15 +500,15 @@ def origins(
         raise ValueError(f"origins: series must be one series [T, F]; got shape {series.shape}")
     context_length = _checks.positive_int("context_length", context_length, "origins")
     horizon = _checks.positive_int("horizon", horizon, "origins")
-    starts = np.asarray(starts)
-    if not np.issubdtype(starts.dtype, np.integer) or starts.ndim != 1:
-        raise TypeError(f"origins: starts must be a 1-D sequence of ints; got {starts!r}")
+    first = np.asarray(starts)
+    if not np.issubdtype(first.dtype, np.integer) or first.ndim != 1:
+        raise TypeError(f"origins: starts must be a 1-D sequence of ints; got {first!r}")
     low, high = context_length, series.shape[0] - horizon
-    if starts.size and (starts.min() < low or starts.max() > high):
+    if first.size and (first.min() < low or first.max() > high):
         raise ValueError(
             f"origins: starts must lie in [context_length, T - horizon] = [{low}, {high}] "
-            f"(T = {series.shape[0]}); got values from {starts.min()} to {starts.max()}"
+            f"(T = {series.shape[0]}); got values from {first.min()} to {first.max()}"
         )
-    back = starts[None, :] + np.arange(-context_length, 0)[:, None]  # [C, N]
-    ahead = starts[None, :] + np.arange(horizon)[:, None]  # [H, N]
+    back = first[None, :] + np.arange(-context_length, 0)[:, None]  # [C, N]
+    ahead = first[None, :] + np.arange(horizon)[:, None]  # [H, N]
     return series[jnp.asarray(back)], series[jnp.asarray(ahead)]

@@ -169,7 +169,7 @@ class Bidirectional(Layer):
         (``reverse`` flips both).
         """
         carry = BidirectionalCarry(None, None) if carry is None else carry
-        common = dict(
+        common: dict[str, Any] = dict(
             lengths=lengths, resets=resets, truncate=truncate, time_axis=time_axis, method=method
         )
         cf, yf = unroll(self.forward, params.forward, xs, carry.forward, reverse=reverse, **common)
@@ -231,7 +231,8 @@ class Stack(Cell, Layer):
         ``functools.partial(GRUCell, reset_after=False)``. With ``bidirectional`` each
         layer is a :class:`Bidirectional` pair and the next layer reads ``2H`` features.
         """
-        layers, size = [], input_size
+        layers: list[Cell | Bidirectional] = []
+        size = input_size
         for hidden in hidden_sizes:
             if bidirectional:
                 layers.append(Bidirectional(make_cell(size, hidden), make_cell(size, hidden)))

@@ -49,8 +49,7 @@ def masked_mean(values: Array, mask: Array | None = None, *, axis=None, average:
     wide = jnp.float32 if jnp.finfo(values.dtype).bits < 32 else values.dtype
     if mask is None:
         total = values.astype(wide).sum(axis=axis)
-        count = values.size if axis is None else _count(values.shape, axis)
-        count = jnp.asarray(count, wide)
+        count = jnp.asarray(values.size if axis is None else _count(values.shape, axis), wide)
     else:
         mask = jnp.broadcast_to(mask, values.shape)
         total = jnp.where(mask, values, jnp.zeros_like(values)).astype(wide).sum(axis=axis)

@@ -29,7 +29,7 @@ and Adam leaves them where they are.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -108,7 +108,7 @@ def from_reservoirpy(
     bias = np.broadcast_to(np.asarray(reservoir.bias, np.float64).reshape(-1), (hidden,))
     leak = np.broadcast_to(np.asarray(reservoir.lr, np.float64).reshape(-1), (hidden,))
     cell = EchoStateCell(inputs, hidden, sparse=sparse)
-    w_t = jnp.asarray(w.T, dtype)
+    w_t: Any = jnp.asarray(w.T, dtype)  # dense, or a BCOO matrix below
     if sparse:
         from jax.experimental import sparse as jsparse
 
@@ -207,11 +207,11 @@ def ridge_regression(
         x = x - jnp.broadcast_to(x_mean, x.shape)
         y = y - jnp.broadcast_to(y_mean, y.shape)
     u, s, vt = jnp.linalg.svd(x, full_matrices=False)
-    ridge = jnp.asarray(ridge, x.dtype)
+    penalty = jnp.asarray(ridge, x.dtype)
     # s / (s^2 + ridge), with directions of zero singular value dropped (pseudo-inverse).
     cutoff = jnp.finfo(x.dtype).eps * max(x.shape) * jnp.max(s, initial=0.0)
-    keep = (s > cutoff) | (ridge > 0)
-    denom = jnp.where(keep, s * s + ridge, 1.0)
+    keep = (s > cutoff) | (penalty > 0)
+    denom = jnp.where(keep, s * s + penalty, 1.0)
     gain = jnp.where(keep, s / denom, 0.0)
     w = vt.T @ (jnp.broadcast_to(gain[:, None], (s.shape[0], y.shape[1])) * (u.T @ y))
     if fit_bias:
@@ -314,9 +314,9 @@ def rls_regression(
     def body(state, step):
         return rls_step(state, *step, forgetting=forgetting)
 
-    state, predictions = jax.lax.scan(body, state, (features[washout:], targets[washout:]))
+    final, predictions = jax.lax.scan(body, state, (features[washout:], targets[washout:]))
     skipped = jnp.zeros((washout, targets.shape[1]), predictions.dtype)
-    return state, jnp.concatenate([skipped, predictions])
+    return final, jnp.concatenate([skipped, predictions])
 
 
 class FeedbackCarry(NamedTuple):
@@ -492,8 +492,8 @@ def force_train(
         y = affine(x, state.readout.w, state.readout.b)
         return (state, FeedbackCarry(x, target if teacher_forcing else y)), y
 
-    (state, carry), outputs = jax.lax.scan(body, (state, carry), (xs, targets, teacher))
-    return state, carry, outputs
+    (final, last), outputs = jax.lax.scan(body, (state, carry), (xs, targets, teacher))
+    return final, last, outputs
 
 
 def force_run(

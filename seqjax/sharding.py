@@ -92,6 +92,7 @@ __all__ = [
     "use_cpu_devices",
 ]
 
+#: The name of the mesh axis the batch is split over.
 AXIS = "batch"
 
 

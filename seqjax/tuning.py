@@ -65,6 +65,7 @@ class Tuning:
 # JAX's standard layout: what a platform nobody has measured gets.
 DEFAULT = Tuning()
 
+#: One :class:`Tuning` per platform that was measured; any other platform gets ``Tuning()``.
 TABLE: dict[str, Tuning] = {
     "cpu": Tuning(
         scan_unroll=1,
@@ -108,7 +109,8 @@ def platform_of(*arrays) -> str:
                 devices = a.devices()
                 if len(devices) >= 1:
                     return _family(next(iter(devices)).platform)
-    default = jax.config.jax_default_device
+    # jax's Config sets its options as attributes at run time, which mypy cannot see.
+    default = jax.config.jax_default_device  # type: ignore[attr-defined]
     if default is not None:
         platform = default if isinstance(default, str) else default.platform
         return _family(platform)

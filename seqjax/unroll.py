@@ -288,7 +288,7 @@ def unroll_reference(
     final_carries, outputs = [], []
     for b in range(batch_size):
         c = jax.tree.map(lambda a, b=b: a[b], flat_carry)
-        ys_b = [None] * num_steps
+        ys_b: list[Array | None] = [None] * num_steps
         order = range(flat_lengths[b])
         for t in reversed(order) if reverse else order:
             if flat_resets[t, b]:

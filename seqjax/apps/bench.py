@@ -72,7 +72,9 @@ __all__ = [
     "torch_peer",
 ]
 
+#: The cells ``--cells`` chooses from, :data:`seqjax.cells.BY_NAME`.
 CELL_TYPES = BY_NAME
+#: What is timed, the forward pass alone and forward plus backward.
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -202,6 +204,7 @@ def _linen_peer(cell, params, xs, mode: str, *, optimized: bool) -> Peer:
     from seqjax.interop.flax_linen import params_to_linen
 
     hidden = cell.hidden_size
+    flax_cell: nn.RNNCellBase
     if isinstance(cell, LSTMCell):
         flax_cell = nn.OptimizedLSTMCell(hidden) if optimized else nn.LSTMCell(hidden)
     elif optimized:
@@ -250,7 +253,11 @@ def torch_peer(cell, params, xs, mode: str) -> Peer:
         raise PeerUnavailable("nn.GRU is the reset-after GRU")
     cuda = torch.cuda.is_available() and jax.default_backend() == "gpu"
     device = torch.device("cuda" if cuda else "cpu")
-    module_type = {LSTMCell: torch.nn.LSTM, GRUCell: torch.nn.GRU, ElmanCell: torch.nn.RNN}
+    module_type: dict[type, Any] = {
+        LSTMCell: torch.nn.LSTM,
+        GRUCell: torch.nn.GRU,
+        ElmanCell: torch.nn.RNN,
+    }
     options = {}
     if isinstance(cell, ElmanCell):
         if cell.activation not in (jnp.tanh, jax.nn.relu):
@@ -258,7 +265,8 @@ def torch_peer(cell, params, xs, mode: str) -> Peer:
         options["nonlinearity"] = "relu" if cell.activation is jax.nn.relu else "tanh"
     module = module_type[type(cell)](cell.input_size, cell.hidden_size, **options).to(device)
     names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-    gates = {LSTMCell: 4, GRUCell: 3, ElmanCell: 1}[type(cell)]
+    gate_blocks: dict[type, int] = {LSTMCell: 4, GRUCell: 3, ElmanCell: 1}
+    gates = gate_blocks[type(cell)]
 
     def convert(p):
         # jnp mirror of seqjax.interop.torch.cell_params_to_torch, so gradients map back.
@@ -319,6 +327,7 @@ def torch_peer(cell, params, xs, mode: str) -> Peer:
     return Peer("torch", prepare, to_reference, meta=meta)
 
 
+#: The contenders by name, each a function that builds its :class:`Peer`.
 PEERS: dict[str, Callable[..., Peer]] = {
     "seqjax": seqjax_peer,
     "flax.linen": flax_linen_peer,
@@ -357,7 +366,7 @@ def _describe(cell) -> str:
 
 
 def reference_result(cell, params, xs, mode: str):
-    """seqjax's result for ``cell`` in the layout :attr:`Peer.to_reference` returns."""
+    """seqjax's result for ``cell`` in the layout ``Peer.to_reference`` returns."""
     forward = jax.jit(lambda p, x: unroll(cell, p, x)[1])
     if mode == "fwd":
         return forward(params, xs)
@@ -388,7 +397,8 @@ def run_group(
     """
     tol = tolerance()
     references: dict = {}
-    rows, calls = [], []
+    rows: list[dict[str, Any]] = []
+    calls: list[Callable[[], Any] | None] = []
     for c in contenders:
         row = {"library": c.library, **c.meta}
         try:
@@ -418,7 +428,10 @@ def run_group(
 
     live = [i for i, call in enumerate(calls) if call is not None]
     numbers, samples = harness.interleave(
-        [calls[i] for i in live], repeats=repeats, warmup=warmup, min_sample_s=min_sample_s
+        [call for call in calls if call is not None],
+        repeats=repeats,
+        warmup=warmup,
+        min_sample_s=min_sample_s,
     )
     for i, number, seconds in zip(live, numbers, samples, strict=True):
         rows[i].update(harness.stats_ms(seconds), number=number)
@@ -477,7 +490,7 @@ def run_bench(
     key = jax.random.key(seed)
     shape = (num_steps, batch_size, input_size)
     xs = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in cells:
         cell = CELL_TYPES[name](input_size, hidden_size)
         params = cell.init(jax.random.fold_in(key, 2), jnp.float32)

@@ -51,7 +51,7 @@ __all__ = [
     "train_char_lm",
 ]
 
-CELLS = BY_NAME  # the one table of cells by name
+CELLS = BY_NAME  #: The cells ``--cell`` chooses from, :data:`seqjax.cells.BY_NAME`.
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,14 @@ class CharLMConfig:
 
     Attributes:
         cell: ``"lstm"``, ``"gru"`` or ``"elman"``.
-        hidden_size, num_layers, embed_size: the model's sizes.
+        hidden_size: hidden units per layer.
+        num_layers: recurrent layers.
+        embed_size: byte embedding width.
         batch_size: parallel streams ``B`` the corpus is cut into.
         window: ``k1``, steps per update; ``backprop``: ``k2 >= k1`` steps backpropagated
             (None: ``k1``).
-        learning_rate, max_norm: the default optimizer's Adam step and clipping norm.
+        learning_rate: the default optimizer's Adam step size.
+        max_norm: the default optimizer's gradient clipping norm.
         held_out: fraction of the corpus kept for evaluation (its tail).
         eval_bytes: at most this many held-out bytes are evaluated.
         corpus: a text file, or None for the Python standard library's source.
@@ -330,7 +333,7 @@ def place_state(state: TrainState, mesh: jax.sharding.Mesh | None) -> TrainState
 
 
 def place_windows(windows, mesh: jax.sharding.Mesh | None) -> tuple:
-    """Move numpy windows ``[C, k2, B]`` (from :func:`_windows`) to the device(s)."""
+    """Move numpy windows ``[C, k2, B]`` (from ``_windows``) to the device(s)."""
     if mesh is None:
         return tuple(jnp.asarray(a) for a in windows)
     where = jax.sharding.NamedSharding(mesh, sharding.batch_spec(2, axis_name=mesh.axis_names[0]))

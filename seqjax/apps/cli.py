@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import seqjax
+
 __all__ = [
     "main",
 ]
@@ -30,6 +32,7 @@ def _count(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqjax", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {seqjax.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     lm = commands.add_parser(

@@ -26,6 +26,7 @@ __all__ = [
     "to_streams",
 ]
 
+#: The vocabulary size, 256, since every text is read as bytes.
 VOCAB_SIZE = 256
 
 

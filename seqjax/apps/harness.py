@@ -57,7 +57,7 @@ __all__ = [
     "verdict",
 ]
 
-# The checkout this module lives in (for the commit stamped on results; none when installed).
+#: The checkout this module lives in (for the commit stamped on results; none when installed).
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -56,8 +56,8 @@ def keep_freed_memory() -> bool:
         (nothing is changed there).
 
     Example:
-        >>> import seqjax
-        >>> applied = seqjax.keep_freed_memory()   # doctest: +SKIP
+        >>> from seqjax.apps.host import keep_freed_memory
+        >>> applied = keep_freed_memory()   # doctest: +SKIP
     """
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False

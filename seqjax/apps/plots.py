@@ -220,7 +220,7 @@ def plot_forecasts(
         title, xlabel, ylabel: text of the first panel.
     """
     plt = _pyplot()
-    truth = np.asarray(truth, np.float64)
+    true = np.asarray(truth, np.float64)
     panels = 2 if errors else 1
     with _figure(
         1,
@@ -230,17 +230,17 @@ def plot_forecasts(
         gridspec_kw={"width_ratios": [1.6, 1][:panels]},
     ) as (fig, axes):
         ax = axes[0, 0]
-        ahead = start + np.arange(len(truth))
+        ahead = start + np.arange(len(true))
         if context is not None:
-            context = np.asarray(context, np.float64)
+            observed = np.asarray(context, np.float64)
             ax.plot(
-                start - len(context) + np.arange(len(context)),
-                context,
+                start - len(observed) + np.arange(len(observed)),
+                observed,
                 color="0.6",
                 linewidth=1.5,
                 label="context (observed)",
             )
-        ax.plot(ahead, truth, color="black", linewidth=3.2, alpha=0.8, label="truth")
+        ax.plot(ahead, true, color="black", linewidth=3.2, alpha=0.8, label="truth")
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for k, (label, values) in enumerate(forecasts.items()):
             ax.plot(
@@ -260,10 +260,10 @@ def plot_forecasts(
         if errors:
             ax = axes[0, 1]
             for k, (label, values) in enumerate(errors.items()):
-                values = np.asarray(values, np.float64)
+                curve = np.asarray(values, np.float64)
                 ax.plot(
-                    np.arange(1, len(values) + 1),
-                    values,
+                    np.arange(1, len(curve) + 1),
+                    curve,
                     linewidth=1.4,
                     label=label,
                     color=colours[k % len(colours)],

@@ -40,9 +40,13 @@ from seqjax.cells._minimal import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTM
 from seqjax.cells._peephole import PeepholeLSTMCell, PeepholeLSTMParams
 from seqjax.cells._zoneout import ZoneoutCarry, ZoneoutCell, ZoneoutParams
 
-# The cells chosen by name (``seqjax train-charlm --cell``, ``seqjax bench --cells``): the
-# three classic ones, which PyTorch and Flax also have.
-BY_NAME: dict[str, type[Cell]] = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}
+#: The three classic cells by name, the ones PyTorch and Flax also have
+#: (``seqjax train-charlm --cell`` and ``seqjax bench --cells`` choose from these).
+BY_NAME: dict[str, type[LSTMCell | GRUCell | ElmanCell]] = {
+    "lstm": LSTMCell,
+    "gru": GRUCell,
+    "elman": ElmanCell,
+}
 
 __all__ = [
     "BY_NAME",

@@ -37,7 +37,7 @@ from __future__ import annotations
 import abc
 import functools
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, cast, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -249,6 +249,7 @@ class Noisy(Protocol):
     ) -> PyTree: ...
 
 
+#: Every capability protocol, in the order the docs list them.
 CAPABILITIES: tuple[type, ...] = (
     SplitStep,
     SummedUpdate,
@@ -298,8 +299,26 @@ class Layer(abc.ABC):
     @abc.abstractmethod
     def init_carry(self, batch_shape: tuple[int, ...] = (), dtype: Any = jnp.float32) -> PyTree: ...
 
+    @property
     @abc.abstractmethod
-    def __call__(self, params: PyTree, xs: Array, carry: PyTree | None = None, **options): ...
+    def output_size(self) -> int:
+        """Features per step of the outputs ``ys``."""
+
+    @abc.abstractmethod
+    def __call__(
+        self,
+        params: PyTree,
+        xs: Array,
+        carry: PyTree | None = None,
+        *,
+        lengths: Array | None = None,
+        resets: Array | None = None,
+        reverse: bool = False,
+        truncate: int | None = None,
+        time_axis: int = 0,
+        method: Any = None,  # a seqjax.methods.Method or its shorthand (cells sit below methods)
+    ) -> tuple[PyTree, Array]:
+        """Run over ``xs`` ``[T, *B, I]`` with :func:`seqjax.unroll`'s options; ``(carry, ys)``."""
 
     def supports(self, capability: type) -> bool:
         """Whether this layer offers ``capability`` (:data:`CAPABILITIES`)."""
@@ -327,7 +346,7 @@ class CellWrapper(Cell):
     enter(params, carry), px))``: ``enter`` gives the state the wrapped cell reads (a
     dropout mask applied, a learned state blended in), ``leave`` the wrapper's new carry
     and output from the wrapped cell's (zoneout mixed in, a step counted). Every
-    capability in :data:`FORWARDABLE` is implemented here through the same hooks;
+    capability in ``FORWARDABLE`` is implemented here through the same hooks;
     ``forwards`` lists those the subclass's semantics keep (say which and why in its
     docstring), ``own`` those it always has.
 
@@ -387,44 +406,52 @@ class CellWrapper(Cell):
         return self.leave(params, carry, *self.cell.step(self.inner_params(params), inner, px))
 
     # ---------------------------------------------------------------- forwarded capabilities
+    # Each is called only where ``supports(self, capability)`` holds, which for a forwarded
+    # capability means the wrapped cell has it (the casts say so to the type checker).
 
     def recur(self, params: PyTree, carry: PyTree) -> Array:
-        return self.cell.recur(self.inner_params(params), self.enter(params, carry))
+        return cast(SplitStep, self.cell).recur(
+            self.inner_params(params), self.enter(params, carry)
+        )
 
     def update(self, params: PyTree, carry: PyTree, px: Array, r: Array) -> tuple[PyTree, Array]:
         inner = self.enter(params, carry)
-        new, y = self.cell.update(self.inner_params(params), inner, px, r)
+        new, y = cast(SplitStep, self.cell).update(self.inner_params(params), inner, px, r)
         return self.leave(params, carry, new, y)
 
     def update_summed(self, params: PyTree, carry: PyTree, z: Array) -> tuple[PyTree, Array]:
         inner = self.enter(params, carry)
-        new, y = self.cell.update_summed(self.inner_params(params), inner, z)
+        new, y = cast(SummedUpdate, self.cell).update_summed(self.inner_params(params), inner, z)
         return self.leave(params, carry, new, y)
 
     def project_weight(self, params: PyTree) -> Array:
-        return self.cell.project_weight(self.inner_params(params))
+        return cast(ProjectWeight, self.cell).project_weight(self.inner_params(params))
 
     def recur_weight(self, params: PyTree) -> Array:
-        return self.cell.recur_weight(self.inner_params(params))
+        return cast(RecurWeight, self.cell).recur_weight(self.inner_params(params))
 
     def recur_input(self, params: PyTree, carry: PyTree) -> Array:
-        return self.cell.recur_input(self.inner_params(params), self.enter(params, carry))
+        return cast(RecurWeight, self.cell).recur_input(
+            self.inner_params(params), self.enter(params, carry)
+        )
 
     def coefficients(self, params: PyTree, px: Array) -> tuple[Array, Array]:
-        return self.cell.coefficients(self.inner_params(params), px)
+        return cast(LinearRecurrence, self.cell).coefficients(self.inner_params(params), px)
 
     def log_coefficients(self, params: PyTree, px: Array) -> tuple[Array, Array]:
-        return self.cell.log_coefficients(self.inner_params(params), px)
+        return cast(LogCoefficients, self.cell).log_coefficients(self.inner_params(params), px)
 
     def to_state(self, carry: PyTree) -> Array:
-        return self.cell.to_state(carry)
+        return cast(LinearRecurrence, self.cell).to_state(carry)
 
     def from_state(self, state: Array) -> PyTree:
-        return self.cell.from_state(state)
+        return cast(LinearRecurrence, self.cell).from_state(state)
 
     def jacobian_diagonal(self, params: PyTree, carry: PyTree, px: Array) -> PyTree:
         """The wrapped cell's diagonal, for wrappers whose hooks are the identity."""
-        return self.cell.jacobian_diagonal(self.inner_params(params), carry, px)
+        return cast(JacobianDiagonal, self.cell).jacobian_diagonal(
+            self.inner_params(params), carry, px
+        )
 
     def with_noise(
         self,
@@ -520,7 +547,7 @@ def jacobian_diagonal(cell: Cell, params: PyTree, carry: PyTree, px: Array) -> P
         True
     """
     if supports(cell, JacobianDiagonal):
-        return cell.jacobian_diagonal(params, carry, px)
+        return cast(JacobianDiagonal, cell).jacobian_diagonal(params, carry, px)
     leaves, treedef = jax.tree.flatten(carry)
     sizes = [leaf.shape[-1] for leaf in leaves]
     dtype = jnp.result_type(*leaves)

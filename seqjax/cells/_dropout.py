@@ -163,18 +163,23 @@ class VariationalDropoutCell(CellWrapper):
                 "VariationalDropoutCell.with_noise: key must be a PRNG key unless "
                 "deterministic=True; got None"
             )
-        keys = [None] * 3 if key is None else list(jax.random.split(key, 3))
+        if key is None:  # deterministic, as checked above
+            inner = with_noise(self.cell, params.cell, None, batch_shape, deterministic=True)
+            return DropoutParams(cell=inner, masks=None)
+        key_input, key_recurrent, key_inner = jax.random.split(key, 3)
         inner = with_noise(
-            self.cell, params.cell, keys[2], batch_shape, deterministic=deterministic
+            self.cell, params.cell, key_inner, batch_shape, deterministic=deterministic
         )
         if deterministic or (self.input_rate == 0 and self.recurrent_rate == 0):
             return DropoutParams(cell=inner, masks=None)
         batch_shape, dtype = tuple(batch_shape), _params_dtype(params.cell)
         masks = DropoutMasks(
-            input=_mask(keys[0], self.input_rate, (*batch_shape, self.input_size), dtype)
+            input=_mask(key_input, self.input_rate, (*batch_shape, self.input_size), dtype)
             if self.input_rate
             else None,
-            recurrent=_mask(keys[1], self.recurrent_rate, (*batch_shape, self.hidden_size), dtype)
+            recurrent=_mask(
+                key_recurrent, self.recurrent_rate, (*batch_shape, self.hidden_size), dtype
+            )
             if self.recurrent_rate
             else None,
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -334,9 +334,10 @@ class EchoStateCell(Cell):
 
     def _fixed(self, params: EchoStateParams) -> EchoStateParams:
         """``params`` with every leaf outside ``trainable`` behind ``lax.stop_gradient``."""
+        trainable = cast(tuple[str, ...], self.trainable)  # __post_init__ made it a tuple
         return EchoStateParams(
             *(
-                leaf if name in self.trainable else jax.lax.stop_gradient(leaf)
+                leaf if name in trainable else jax.lax.stop_gradient(leaf)
                 for name, leaf in zip(EchoStateParams._fields, params, strict=True)
             )
         )

@@ -69,7 +69,8 @@ class LRUCell(Cell):
     Attributes:
         input_size: ``I``.
         hidden_size: ``H``, complex state units and output features.
-        r_min, r_max: range of the initial eigenvalue moduli.
+        r_min: smallest initial eigenvalue modulus.
+        r_max: largest initial eigenvalue modulus.
         max_phase: largest initial eigenvalue phase.
 
     Example:
@@ -125,7 +126,8 @@ class LRUCell(Cell):
         modulus = jnp.exp(-jnp.exp(params.nu_log))
         phase = jnp.exp(params.theta_log)
         parts = (modulus * jnp.cos(phase), modulus * jnp.sin(phase), jnp.exp(params.gamma_log))
-        return tuple(jnp.broadcast_to(p, shape) for p in parts)
+        re, im, gamma = (jnp.broadcast_to(p, shape) for p in parts)
+        return re, im, gamma
 
     def coefficients(self, params: LRUParams, px: Array) -> tuple[Array, Array]:
         """Complex ``(a, b)``, each ``[..., H]``: ``s' = a * s + b`` for ``px`` ``[..., 3H]``."""

@@ -37,7 +37,7 @@ class ZoneoutCarry(NamedTuple):
     step: Array  # [*B, 1] steps taken since the carry was made, the index of the next masks
 
 
-def _fields(carry) -> tuple[str, ...]:
+def _fields(carry) -> tuple[str, ...] | None:
     """The state fields zoneout acts on: ``()`` for an array, ``("h", "c")`` for an LSTM."""
     fields = getattr(carry, "_fields", None)
     if fields is None:
@@ -161,7 +161,7 @@ class ZoneoutCell(CellWrapper):
         )
         return ZoneoutParams(cell=inner, key=None if deterministic else own)
 
-    def _rates(self, fields: tuple[str, ...]) -> dict[str, float]:
+    def _rates(self, fields: tuple[str, ...] | None) -> dict[str, float]:
         if not fields:
             return {"": self.hidden_rate}
         return {name: self.cell_rate if name == "c" else self.hidden_rate for name in fields}

@@ -20,8 +20,11 @@ from seqjax.checkpoint._errors import (
     IncompatibleCheckpointError,
 )
 
+#: The file in each step's folder, written last, that records the checksums of the rest.
 MANIFEST = "seqjax_manifest.json"
+#: The file :class:`CheckpointLock` holds an exclusive ``flock`` on, so one writer at a time.
 LOCK_FILE = ".seqjax.lock"
+#: The subdirectory a folder in the way of a new save is moved to (nothing is deleted).
 QUARANTINE = "quarantine"
 _FORMAT = "seqjax-checkpoint-manifest"
 _VERSION = 1

@@ -114,7 +114,7 @@ class CheckpointLock:
         """Raise if the lock file was deleted or replaced, so another writer could lock it."""
         path = os.path.join(self.directory, LOCK_FILE)
         try:
-            same = os.stat(path).st_ino == os.fstat(self._fd).st_ino
+            same = self._fd is not None and os.stat(path).st_ino == os.fstat(self._fd).st_ino
         except OSError:
             same = False
         if not same:

@@ -142,7 +142,8 @@ def from_nested_dict(layer, tree: Mapping[str, Any], where: str) -> PyTree:
 def check_params(layer, params: PyTree, where: str) -> None:
     """Raise unless ``params`` has the structure and leaf shapes of ``layer.init``'s."""
     expected = jax.eval_shape(lambda: layer.init(jax.random.key(0)))
-    if jax.tree.structure(params) != jax.tree.structure(expected):
+    # jaxlib's PyTreeDef reaches mypy as an unresolvable alias (shown "PyTreeDef?").
+    if jax.tree.structure(params) != jax.tree.structure(expected):  # type: ignore[operator]
         raise ValueError(
             f"{where}: params must have the structure of {type(layer).__name__}.init's, "
             f"{jax.tree.structure(expected)}; got {jax.tree.structure(params)}"

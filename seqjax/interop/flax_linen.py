@@ -41,6 +41,7 @@ from flax import linen as nn
 
 from seqjax._types import Array, PyTree
 from seqjax.cells import (
+    Cell,
     ElmanCell,
     ElmanParams,
     GRUCell,
@@ -222,6 +223,7 @@ def cell_from_linen(flax_cell: nn.Module, variables: Mapping[str, Any]):
     except (KeyError, TypeError) as err:
         raise ValueError(f"{where}: variables lack {first}/kernel") from err
     size_h = flax_cell.features
+    cell: Cell
     if isinstance(flax_cell, nn.LSTMCell | nn.OptimizedLSTMCell):
         cell = LSTMCell(size_i, size_h)
     elif isinstance(flax_cell, nn.GRUCell):

@@ -45,7 +45,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,7 @@ from flax import nnx
 
 from seqjax._types import Array, PyTree
 from seqjax.cells import (
+    Cell,
     ElmanCell,
     ElmanParams,
     GRUCell,
@@ -179,8 +180,8 @@ class Recurrent(_Adapter):
     ):
         super().__init__(layer, params, rngs, param_dtype, sharding, mesh, "Recurrent")
         self.deterministic = deterministic
-        noisy = common.has_noise(layer) and rngs is not None
-        self.rngs = rngs["dropout"].fork() if noisy else nnx.data(None)
+        noisy = common.has_noise(layer)
+        self.rngs = rngs["dropout"].fork() if noisy and rngs is not None else nnx.data(None)
 
     def __call__(
         self,
@@ -327,21 +328,20 @@ def cell_from_nnx(flax_cell: nnx.Module):
         ValueError: its nonlinearities are not the ones seqjax's cell computes (LSTM, GRU:
             sigmoid gates and tanh), or a SimpleCell is residual.
     """
-    size_i, size_h = (
-        getattr(flax_cell, "in_features", None),
-        getattr(flax_cell, "hidden_features", None),
-    )
+    cell: Cell
     if isinstance(flax_cell, nnx.LSTMCell | nnx.OptimizedLSTMCell):
-        cell = LSTMCell(size_i, size_h)
+        cell = LSTMCell(flax_cell.in_features, flax_cell.hidden_features)
     elif isinstance(flax_cell, nnx.GRUCell):
-        cell = GRUCell(size_i, size_h)
+        cell = GRUCell(flax_cell.in_features, flax_cell.hidden_features)
     elif isinstance(flax_cell, nnx.SimpleCell):
         if flax_cell.residual:
             raise ValueError(
                 "cell_from_nnx: a residual SimpleCell (h' = f(x W_i + b + h W_h + h)) has no "
                 "seqjax counterpart; got residual=True"
             )
-        cell = ElmanCell(size_i, size_h, activation=flax_cell.activation_fn)
+        cell = ElmanCell(
+            flax_cell.in_features, flax_cell.hidden_features, activation=flax_cell.activation_fn
+        )
     else:
         raise TypeError(
             "cell_from_nnx: flax_cell must be an nnx.LSTMCell, OptimizedLSTMCell, GRUCell or "
@@ -414,10 +414,11 @@ def params_from_nnx(cell, flax_cell: nnx.Module):
             b_x=b_x,
             b_h=jnp.zeros_like(b_x),
         )
+    simple = cast(nnx.SimpleCell, flax_cell)  # _check_pair admits only the four cells
     return ElmanParams(
-        w_x=_read(flax_cell.dense_i.kernel),
-        w_h=_read(flax_cell.dense_h.kernel),
-        b=_read(flax_cell.dense_i.bias),
+        w_x=_read(simple.dense_i.kernel),
+        w_h=_read(simple.dense_h.kernel),
+        b=_read(simple.dense_i.bias),
     )
 
 
@@ -489,10 +490,11 @@ def params_to_nnx(cell, params, flax_cell: nnx.Module) -> nnx.Module:
             (flax_cell.dense_h.kernel, params.w_h),
         ]
     else:
+        simple = cast(nnx.SimpleCell, flax_cell)  # _check_pair admits only the four cells
         writes = [
-            (flax_cell.dense_i.kernel, params.w_x),
-            (flax_cell.dense_i.bias, params.b),
-            (flax_cell.dense_h.kernel, params.w_h),
+            (simple.dense_i.kernel, params.w_x),
+            (simple.dense_i.bias, params.b),
+            (simple.dense_h.kernel, params.w_h),
         ]
     for variable, value in writes:
         common.check_shape(value, variable[...].shape, "a parameter", where)

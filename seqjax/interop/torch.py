@@ -110,7 +110,7 @@ def _torch_mode(cell, where: str) -> str:
 def _layout(model, where: str) -> tuple[tuple[Any, ...], ...]:
     """The cells of ``model`` as PyTorch orders them: per layer, forward then backward."""
     layers = model.layers if isinstance(model, Stack) else (model,)
-    layout = []
+    layout: list[tuple[Any, ...]] = []
     for layer in layers:
         if isinstance(layer, Bidirectional):
             layout.append((layer.forward, layer.backward))
@@ -166,9 +166,10 @@ def _shapes(cell, mode: str) -> dict[str, tuple[int, ...]]:
     """The seqjax params shapes of ``cell``, by field name."""
     width = cell.cell_size if _proj(cell) else cell.hidden_size
     gates = _GATES[mode] * width
-    weights = {"w_x": (cell.input_size, gates), "w_h": (cell.hidden_size, gates)}
-    biases = {"b_x": (gates,), "b_h": (gates,)} if mode == "GRU" else {"b": (gates,)}
-    projection = {"w_r": (width, cell.hidden_size)} if _proj(cell) else {}
+    Shapes = dict[str, tuple[int, ...]]
+    weights: Shapes = {"w_x": (cell.input_size, gates), "w_h": (cell.hidden_size, gates)}
+    biases: Shapes = {"b_x": (gates,), "b_h": (gates,)} if mode == "GRU" else {"b": (gates,)}
+    projection: Shapes = {"w_r": (width, cell.hidden_size)} if _proj(cell) else {}
     return weights | biases | projection
 
 
@@ -595,7 +596,7 @@ def carry_to_torch(model, carry: PyTree) -> Array | tuple[Array, Array]:
     where = "carry_to_torch"
     layout = _layout(model, where)
     layer_carries = _per_layer(model, layout, carry, "carry", where)
-    states = []
+    states: list[Any] = []
     for layer, (cells, c) in enumerate(zip(layout, layer_carries, strict=True)):
         states.extend(_per_direction(cells, c, BidirectionalCarry, f"carry[{layer}]", where))
     if not isinstance(layout[0][0], LSTMCell | LSTMProjCell):

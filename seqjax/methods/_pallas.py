@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import jax
 import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax._types import Array, PyTree
-from seqjax.cells._base import Cell
+from seqjax.cells._base import Cell, RecurWeight
 from seqjax.cells._elman import ElmanCell
 from seqjax.cells._gru import GRUCell
 from seqjax.cells._lstm import LSTMCarry, LSTMCell
@@ -105,8 +106,9 @@ class Pallas(Method):
             valid = _checks.valid_steps(inputs.lengths, num_steps).reshape(num_steps, rows)
         resets = None if inputs.resets is None else inputs.resets.reshape(num_steps, rows)
         b_h = params.b_h if isinstance(cell, GRUCell) else None
+        w_h = cast(RecurWeight, cell).recur_weight(params)  # one of the kinds _kind accepts
         ys, h, c = pallas_rnn.recurrence(
-            kind, cell.recur_weight(params), b_h, px, h0, c0, valid=valid, resets=resets,
+            kind, w_h, b_h, px, h0, c0, valid=valid, resets=resets,
             reverse=inputs.reverse, block_batch=self.block_batch, interpret=self.interpret,
         )  # fmt: skip
         ys = ys.reshape(num_steps, *batch_shape, -1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,9 @@ class Remat(Method):
 
     Attributes:
         chunks: ``k``, or the nested chunk sizes, outermost first.
-        unroll, hoist_projection, tuning: as for :class:`~seqjax.Scan`.
+        unroll: as for :class:`~seqjax.Scan`.
+        hoist_projection: as for :class:`~seqjax.Scan`.
+        tuning: as for :class:`~seqjax.Scan`.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -69,7 +72,8 @@ class Remat(Method):
         base = self.tuning if self.tuning is not None else for_platform(platform_of(inputs.xs))
         plan = base.replace(scan_unroll=self.unroll, hoist_projection=self.hoist_projection)
         body, xs = scan_body(cell, params, inputs, plan)
-        return chunked_scan(body, inputs.carry, xs, inputs.reverse, plan.scan_unroll, self.chunks)
+        chunks = cast(tuple[int, ...], self.chunks)  # __post_init__ made it a tuple
+        return chunked_scan(body, inputs.carry, xs, inputs.reverse, plan.scan_unroll, chunks)
 
 
 def chunked_scan(body, carry, xs, reverse: bool, unroll, chunks: tuple[int, ...]):
