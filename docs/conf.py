@@ -12,7 +12,6 @@ core; the build takes a few minutes on 2 CPU cores, most of it executing the tut
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -108,17 +107,3 @@ myst_heading_anchors = 3
 # -- HTML ------------------------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"seqjax {release}"
-
-
-class _NoTutorialsYet(logging.Filter):
-    """Drop the warning that the tutorials' glob matched nothing, while docs/tutorials/ has no
-    page (the tutorials are written on their own branch; before they land, that alone must
-    not fail the build). Once a tutorial exists, this filter is not installed."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "tutorials/*" not in record.getMessage()
-
-
-def setup(app):
-    if not any((DOCS / "tutorials").glob("*.md")):
-        logging.getLogger("sphinx.sphinx.directives.other").addFilter(_NoTutorialsYet())

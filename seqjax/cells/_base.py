@@ -115,7 +115,8 @@ class Cell(abc.ABC):
         expected = _init_shapes(self)
         got_paths = _leaf_shapes(params)
         want_paths = _leaf_shapes(expected)
-        if jax.tree.structure(params) != jax.tree.structure(expected):
+        # jaxlib's PyTreeDef reaches mypy as an unresolvable alias (shown "PyTreeDef?").
+        if jax.tree.structure(params) != jax.tree.structure(expected):  # type: ignore[operator]
             missing = [p for p in want_paths if p not in got_paths]
             extra = [p for p in got_paths if p not in want_paths]
             raise ValueError(
