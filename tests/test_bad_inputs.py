@@ -3,9 +3,10 @@
 Each :class:`Case` is one bad input: the public function or class and the argument it
 concerns, a zero-argument ``call`` that makes the bad call, and the exception and message
 expected. The message follows the project's rule: it names the argument, says what was
-expected and what came. Four tests hold the registry true:
+expected and what came. The tests hold the registry true:
 
 * ``test_bad_input_raises``: each case raises its exception with its message;
+* ``test_message_names_the_argument_and_what_came``: the rule, for every message;
 * ``test_bad_input_raises_at_trace_time``: each case whose check is static or shape-level
   raises the same under ``jax.jit`` while tracing (value checks that need concrete data say
   so in ``traced`` and what happens to traced values instead);
