@@ -29,6 +29,62 @@ def sizes(obj, names: tuple[str, ...], where: str) -> None:
         object.__setattr__(obj, name, int(value))
 
 
+def is_real(value) -> bool:
+    """Whether ``value`` is a Python or NumPy real number (a bool is not)."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def number(
+    name: str,
+    value,
+    where: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a float if it is a finite real number (not a bool, not NaN or Inf) in
+    the range the bounds give (``low_open``/``high_open``: the bound itself excluded)."""
+    if low is not None and high is not None:
+        expected = (
+            f"a number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        )
+    elif low is not None:
+        expected = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        expected = "a finite number"
+    ok = is_real(value) and np.isfinite(float(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{where}: {name} must be {expected}; got {value!r}")
+    return float(value)
+
+
+def flag(name: str, value, where: str) -> bool:
+    """``value`` as a bool if it is a Python or NumPy bool (a truthy string or int is not)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{where}: {name} must be a bool (True or False); got {value!r}")
+    return bool(value)
+
+
+def function(name: str, value, where: str):
+    """``value`` if it is callable (an activation, a loss, a step function)."""
+    if not callable(value):
+        raise TypeError(f"{where}: {name} must be a function (callable); got {value!r}")
+    return value
+
+
+def count(name: str, value, where: str) -> int:
+    """``value`` as an int if it is a non-negative Python or NumPy integer (not a bool)."""
+    if not is_int(value) or value < 0:
+        raise ValueError(f"{where}: {name} must be an int >= 0; got {value!r}")
+    return int(value)
+
+
 def positive_number(name: str, value, where: str) -> float:
     """``value`` as a float if it is a positive Python or NumPy real number (not a bool)."""
     real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
@@ -56,7 +112,8 @@ def time_axis_of(name: str, shape: tuple[int, ...], time_axis: int, where: str) 
             f"{where}: {name} must have at least 2 dims, [T, *B, I] (time and features); "
             f"got shape {shape}"
         )
-    axis = time_axis % ndim if -ndim <= time_axis < ndim else None
+    # An int only: True would read as 1 and 1.0 fail inside moveaxis.
+    axis = time_axis % ndim if is_int(time_axis) and -ndim <= time_axis < ndim else None
     if axis is None or axis == ndim - 1:
         raise ValueError(
             f"{where}: time_axis must name a non-feature axis of {name} (0 to {ndim - 2} "
@@ -89,8 +146,11 @@ def valid_steps(lengths, num_steps: int) -> jax.Array:
     return steps < lengths[None]
 
 
-def lengths_array(lengths, batch_shape: tuple[int, ...], num_steps: int, where: str) -> jax.Array:
-    """Check per-sequence lengths: integer, shape ``batch_shape``, values in [0, T].
+def lengths_array(
+    lengths, batch_shape: tuple[int, ...], num_steps: int, where: str, name: str = "lengths"
+) -> jax.Array:
+    """Check per-sequence lengths (the argument ``name``): integer, shape ``batch_shape``,
+    values in [0, T].
 
     Concrete lengths outside ``[0, T]`` raise. Traced ones (under ``jit``) cannot be checked,
     so they are clipped to ``[0, T]``: every consumer (``unroll``, ``last_valid``,
@@ -101,15 +161,15 @@ def lengths_array(lengths, batch_shape: tuple[int, ...], num_steps: int, where: 
         host = np.asarray(lengths)
         if host.size and (host.min() < 0 or host.max() > num_steps):
             raise ValueError(
-                f"{where}: lengths must lie in [0, T] = [0, {num_steps}]; got values from "
+                f"{where}: {name} must lie in [0, T] = [0, {num_steps}]; got values from "
                 f"{host.min()} to {host.max()}"
             )
     lengths = jnp.asarray(lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise TypeError(f"{where}: lengths must be integers; got dtype {lengths.dtype}")
+        raise TypeError(f"{where}: {name} must be integers; got dtype {lengths.dtype}")
     if lengths.shape != batch_shape:
         raise ValueError(
-            f"{where}: lengths must have the batch shape of xs, {batch_shape}; "
+            f"{where}: {name} must have the batch shape of xs, {batch_shape}; "
             f"got shape {lengths.shape}"
         )
     lengths = wide_int(lengths)

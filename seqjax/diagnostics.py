@@ -39,12 +39,20 @@ def _flat(carry) -> Array:
     return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(carry)])
 
 
-def _inputs(cell: Cell, xs, carry, where: str) -> tuple[Array, PyTree]:
-    """``xs`` ``[T, *B, I]`` and the carry (zeros when None), checked against ``cell``."""
+def _check_cell(cell, where: str) -> None:
+    if not isinstance(cell, Cell):
+        raise TypeError(f"{where}: cell must be a seqjax cell instance; got {cell!r}")
+
+
+def _inputs(cell: Cell, params, xs, carry, where: str) -> tuple[Array, PyTree]:
+    """``xs`` ``[T, *B, I]`` and the carry (zeros when None), checked against ``cell`` (and
+    ``params``: another cell's fail deep inside JAX otherwise)."""
+    _check_cell(cell, where)
     xs = _checks.floating_array("xs", xs, where)
     if xs.ndim < 2:
         raise ValueError(f"{where}: xs must be [T, *B, I]; got shape {xs.shape}")
     _checks.feature_size("xs", xs.shape, cell.input_size, where)
+    cell.check_params(params, where)
     expected = cell.init_carry(xs.shape[1:-1], xs.dtype)
     if carry is None:
         return xs, expected
@@ -85,7 +93,8 @@ def carry_gradients(
         >>> norms.shape, bool(norms[-1] > 0)
         ((20,), True)
     """
-    xs, carry = _inputs(cell, xs, carry, "carry_gradients")
+    xs, carry = _inputs(cell, params, xs, carry, "carry_gradients")
+    _checks.function("loss_fn", loss_fn, "carry_gradients")
     zeros = jax.tree.map(lambda a: jnp.zeros((xs.shape[0], *a.shape), a.dtype), carry)
 
     def loss_of_perturbations(eps):
@@ -129,7 +138,7 @@ def carry_trajectory(cell: Cell, params: PyTree, xs: Array, carry: PyTree | None
         >>> states.c.shape                                        # [T, H]
         (5, 8)
     """
-    xs, carry = _inputs(cell, xs, carry, "carry_trajectory")
+    xs, carry = _inputs(cell, params, xs, carry, "carry_trajectory")
 
     def body(c, x):
         c, _ = cell.apply(params, c, x)
@@ -189,6 +198,7 @@ def state_jacobians(cell: Cell, params: PyTree, xs: Array, carry: PyTree | None 
         ``[T, S, S]`` with ``S`` the flattened carry size (``H``; ``2H`` for an LSTM, ``h``
         then ``c``).
     """
+    _check_cell(cell, "state_jacobians")
     xs = _checks.floating_array("xs", xs, "state_jacobians")
     if xs.ndim != 2:
         raise ValueError(
@@ -196,7 +206,12 @@ def state_jacobians(cell: Cell, params: PyTree, xs: Array, carry: PyTree | None 
             f"got shape {xs.shape}"
         )
     _checks.feature_size("xs", xs.shape, cell.input_size, "state_jacobians")
-    carry = cell.init_carry((), xs.dtype) if carry is None else carry
+    cell.check_params(params, "state_jacobians")
+    expected = cell.init_carry((), xs.dtype)
+    if carry is None:
+        carry = expected
+    else:
+        _checks.carry_matches(carry, expected, "state_jacobians")
     _, unravel = ravel_pytree(carry)
 
     def body(c, x):

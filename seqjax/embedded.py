@@ -133,6 +133,9 @@ def embedded_unroll(
         >>> ys.shape, bool(jnp.allclose(ys, expected, atol=1e-6))
         ((3, 2, 4), True)
     """
+    where = "embedded_unroll"
+    if not isinstance(cell, Cell):
+        raise TypeError(f"{where}: cell must be a seqjax cell instance; got {cell!r}")
     ids = jnp.asarray(ids)
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise TypeError(f"embedded_unroll: ids must be integers; got dtype {ids.dtype}")
@@ -142,13 +145,15 @@ def embedded_unroll(
             f"embedded_unroll: table must be [V, I] with I = {cell.input_size} (the cell's "
             f"input_size); got shape {table.shape}"
         )
-    if ids.ndim < 1 or not -ids.ndim <= time_axis < ids.ndim:
+    if ids.ndim < 1 or not (_checks.is_int(time_axis) and -ids.ndim <= time_axis < ids.ndim):
         raise ValueError(
             f"embedded_unroll: time_axis must name an axis of ids (shape {ids.shape}); got "
             f"time_axis={time_axis}"
         )
     time_axis %= ids.ndim  # an axis of ids; xs gain a feature axis after it
     vocab = table.shape[0]
+    if fold is not None:
+        fold = _checks.flag("fold", fold, where)
     if fold is None:
         fold = can_fold(cell, vocab) and vocab <= ids.size
     elif fold and not can_fold(cell, vocab):
@@ -163,6 +168,7 @@ def embedded_unroll(
     )  # fmt: skip
     if not fold:
         return unroll(cell, params, jnp.take(table, ids, axis=0), carry, **options)
+    cell.check_params(params, where)  # before project reads them
     projected = cell.project(params, table)
     projected = jnp.concatenate([projected, jnp.full_like(projected[:1], jnp.nan)])
     ids = _checks.wide_int(ids)  # ids + V and ids < V would wrap in uint8 (the char-LM's V = 256)

@@ -81,8 +81,8 @@ def ar_windows(series: Array, order: int) -> tuple[Array, Array]:
     order = _checks.positive_int("order", order, "ar_windows")
     if order >= series.shape[0]:
         raise ValueError(
-            f"ar_windows: the window (order = {order}) must be shorter than the series "
-            f"(T = {series.shape[0]}) so that at least one value is left to predict"
+            f"ar_windows: order must be shorter than the series (T = {series.shape[0]}), so "
+            f"that at least one value is left to predict; got order = {order}"
         )
     count = series.shape[0] - order
     return _sliding(series, order, count), series[order:]
@@ -126,9 +126,15 @@ class ARModel:
     def __post_init__(self):
         _checks.positive_int("order", self.order, "ARModel")
         _checks.positive_int("features", self.features, "ARModel")
+        if not isinstance(self.hidden_sizes, Sequence) or isinstance(self.hidden_sizes, str):
+            raise ValueError(
+                "ARModel: hidden_sizes must be a sequence of positive ints (() for a linear "
+                f"model); got {self.hidden_sizes!r}"
+            )
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         for size in self.hidden_sizes:
             _checks.positive_int("hidden_sizes entries", size, "ARModel")
+        _checks.function("activation", self.activation, "ARModel")
 
     @property
     def layers(self) -> tuple[Dense, ...]:
@@ -177,6 +183,12 @@ class ARModel:
             )
         if carry is None:
             carry = self.init_carry(xs.shape[1:-1], xs.dtype)
+        want = (*xs.shape[1:-1], self.order, self.features)
+        if jnp.shape(carry) != want:
+            raise ValueError(
+                f"ARModel: carry must be the window [*B, order, F] = {want} (the last values "
+                f"read, batch shape of xs); got shape {jnp.shape(carry)}"
+            )
         history = jnp.concatenate([jnp.moveaxis(carry, -2, 0), xs], axis=0)
         windows = _sliding(history, self.order, xs.shape[0], start=1)
         new_carry = jnp.moveaxis(history[-self.order :], 0, -2)
@@ -210,13 +222,14 @@ def fit_linear_ar(
         [0.3, 0.6]
     """
     series = _checks.series("series", series, "fit_linear_ar")
+    # NaN would solve to NaN weights without a word; a negative ridge is not a penalty.
+    if not _checks.is_real(ridge) or not 0 <= ridge < float("inf"):
+        raise ValueError(f"fit_linear_ar: ridge must be >= 0; got {ridge!r}")
     windows, targets = ar_windows(series, order)
     features = series.shape[-1]
     inputs = windows.reshape(-1, order * features)
     targets = targets.reshape(-1, features)
     design = jnp.concatenate([inputs, jnp.ones((inputs.shape[0], 1), inputs.dtype)], axis=1)
-    if ridge < 0:
-        raise ValueError(f"fit_linear_ar: ridge must be >= 0; got {ridge}")
     if ridge == 0:
         solution = jnp.linalg.lstsq(design, targets)[0]
     else:
@@ -259,6 +272,11 @@ class LatentAR:
 
     cell: Cell
     residual: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.cell, Cell):
+            raise TypeError(f"LatentAR: cell must be a seqjax cell instance; got {self.cell!r}")
+        _checks.flag("residual", self.residual, "LatentAR")
 
     @property
     def features(self) -> int:
@@ -432,6 +450,11 @@ def one_step_loss(
         ``[]``: mean over counted steps and series of the squared error summed over ``F``.
     """
     xs = _checks.series("xs", xs, "one_step_loss")
+    if xs.shape[0] < 2:
+        raise ValueError(
+            f"one_step_loss: xs must hold at least 2 steps (a value and the one it predicts); "
+            f"got shape {xs.shape}"
+        )
     if not _checks.is_int(skip) or not 0 <= skip < xs.shape[0] - 1:
         raise ValueError(
             f"one_step_loss: skip must be an int in [0, T - 1) = [0, {xs.shape[0] - 1}); "

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
@@ -31,7 +32,8 @@ def pick_token(key: PRNGKey, logits: Array, *, temperature: float = 1.0, top_k: 
     Args:
         key: PRNG key (unused when greedy).
         logits: ``[*B, V]`` unnormalised log-probabilities.
-        temperature: softmax temperature; ``0`` picks the most likely token (greedy).
+        temperature: softmax temperature, a finite concrete number ``>= 0`` (it picks the
+            code path while tracing); ``0`` picks the most likely token (greedy).
         top_k: sample among the ``k`` most likely tokens only (exactly ``k``: among tokens
             tied at the ``k``-th logit, the lower ids); all when None.
 
@@ -41,8 +43,10 @@ def pick_token(key: PRNGKey, logits: Array, *, temperature: float = 1.0, top_k: 
         >>> pick_token(jax.random.key(0), logits, temperature=0.0).tolist()
         [1]
     """
-    if temperature < 0:
-        raise ValueError(f"pick_token: temperature must be >= 0; got {temperature}")
+    temperature = _temperature(temperature)
+    logits = _checks.floating_array("logits", logits, "pick_token")
+    if logits.ndim < 1:
+        raise ValueError(f"pick_token: logits must be [*B, V]; got shape {logits.shape}")
     vocab_size = logits.shape[-1]
     if top_k is not None:
         top_k = _checks.positive_int("top_k", top_k, "pick_token")
@@ -59,6 +63,26 @@ def pick_token(key: PRNGKey, logits: Array, *, temperature: float = 1.0, top_k: 
         keep = jnp.zeros(rows.shape, bool).at[jnp.arange(rows.shape[0])[:, None], ids].set(True)
         logits = jnp.where(keep.reshape(logits.shape), logits, jnp.full_like(logits, -jnp.inf))
     return jax.random.categorical(key, logits / temperature, axis=-1)
+
+
+def _temperature(temperature) -> float:
+    """``temperature`` as a float: a finite concrete number >= 0. NaN and traced values are
+    refused, and so is ``inf``: it turns a masked ``-inf`` logit into NaN, and the draw then
+    picked a token of probability 0."""
+    if isinstance(temperature, jax.core.Tracer):
+        raise TypeError(
+            "pick_token: temperature must be a concrete number (0 selects greedy decoding "
+            "while tracing): close over it, or mark it static under jit; got a traced value"
+        )
+    value = None
+    if not isinstance(temperature, bool | str) and np.ndim(temperature) == 0:
+        try:
+            value = float(temperature)
+        except (TypeError, ValueError):
+            value = None
+    if value is None or not 0 <= value < float("inf"):  # NaN fails too
+        raise ValueError(f"pick_token: temperature must be >= 0 and finite; got {temperature!r}")
+    return value
 
 
 def sample(
@@ -105,7 +129,8 @@ def sample(
         ).astype(token.dtype)
         return (carry, token), token
 
-    token = jnp.asarray(token)
+    token = _check_token("sample", token)
+    num_steps = _checks.count("num_steps", num_steps, "sample")
     (carry, _), tokens = jax.lax.scan(body, (carry, token), jnp.arange(num_steps))
     return carry, tokens
 
@@ -147,7 +172,7 @@ def _check_token(name: str, token) -> Array:
 def _check_decode_args(name: str, max_length: int, end_token, vocab_size: int) -> int:
     """``max_length`` as an int, after checking it and ``end_token``."""
     max_length = _checks.positive_int("max_length", max_length, name)
-    if end_token is not None and not 0 <= end_token < vocab_size:
+    if end_token is not None and not (_checks.is_int(end_token) and 0 <= end_token < vocab_size):
         raise ValueError(
             f"{name}: end_token must lie in [0, V) = [0, {vocab_size}); got {end_token}"
         )

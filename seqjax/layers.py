@@ -10,7 +10,7 @@ themselves, and a :class:`Stack` of cells is also a cell.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -111,6 +111,13 @@ class Bidirectional(Layer):
     backward: Cell
 
     def __post_init__(self):
+        for name in ("forward", "backward"):
+            cell = getattr(self, name)
+            if not isinstance(cell, Cell):
+                raise TypeError(
+                    f"Bidirectional: {name} must be a seqjax cell instance (e.g. "
+                    f"LSTMCell(3, 4)); got {cell!r}"
+                )
         if self.forward.input_size != self.backward.input_size:
             raise ValueError(
                 "Bidirectional: forward and backward cells must share input_size; got "
@@ -205,9 +212,20 @@ class Stack(Cell, Layer):
     layers: tuple[Any, ...]
 
     def __post_init__(self):
+        if isinstance(self.layers, Cell | Layer | str) or not isinstance(self.layers, Iterable):
+            raise TypeError(
+                "Stack: layers must be a sequence of cells or sequence layers (a tuple, "
+                f"bottom first: Stack((cell,)) for one); got {self.layers!r}"
+            )
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
             raise ValueError("Stack: layers must hold at least one layer; got none")
+        for k, layer in enumerate(self.layers):
+            if not isinstance(layer, Cell | Layer):
+                raise TypeError(
+                    f"Stack: layer {k} must be a seqjax cell or sequence layer instance; got "
+                    f"{layer!r}"
+                )
         for k in range(1, len(self.layers)):
             want, got = output_size(self.layers[k - 1]), self.layers[k].input_size
             if want != got:
@@ -369,7 +387,28 @@ class Dense:
             raise ValueError(
                 f"Dense: x must have shape [..., {self.input_size}]; got shape {x.shape}"
             )
+        _check_leaves(
+            "Dense", params, DenseParams, w=(self.input_size, self.output_size),
+            b=(self.output_size,),
+        )  # fmt: skip
         return affine(x, params.w, params.b)
+
+
+def _check_leaves(where: str, params, params_type, **shapes) -> None:
+    """Raise unless ``params`` has the fields of ``params_type`` with the given shapes (the
+    params of another layer or size otherwise fail inside ``dot_general`` or ``take``)."""
+    if not all(hasattr(params, name) for name in shapes):
+        raise TypeError(
+            f"{where}: params must be a {params_type.__name__}{tuple(shapes)} (from init); "
+            f"got {type(params).__name__}"
+        )
+    for name, shape in shapes.items():
+        got = jnp.shape(getattr(params, name))
+        if got != shape:
+            raise ValueError(
+                f"{where}: params.{name} must have shape {shape} for this layer; got {got}. "
+                "Parameters of another size? Draw them with this layer's init."
+            )
 
 
 class EmbeddingParams(NamedTuple):
@@ -381,6 +420,11 @@ class Embedding:
     """Token embedding: integer ids ``[...]`` to vectors ``[..., F]``.
 
     Initialisation: ``N(0, 1)``, as PyTorch's ``nn.Embedding``.
+
+    Ids follow ``jnp.take``: a negative id counts from the end (``-1`` is row ``V - 1``) and an
+    id outside ``[-V, V)`` gives a row of NaN, which shows in the loss instead of reading
+    another token's row; the same holds under ``jit``. (:func:`seqjax.embedded_unroll` reads
+    ids the same way.)
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -402,6 +446,7 @@ class Embedding:
         ids = jnp.asarray(ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"Embedding: ids must be integers; got dtype {ids.dtype}")
+        _check_leaves("Embedding", params, EmbeddingParams, table=(self.vocab_size, self.features))
         return jnp.take(params.table, ids, axis=0)
 
 

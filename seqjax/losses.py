@@ -46,7 +46,20 @@ def masked_mean(values: Array, mask: Array | None = None, *, axis=None, average:
         >>> float(masked_mean(x, jnp.array([True, True, False])))
         1.5
     """
+    values = _checks.floating_array("values", values, "masked_mean")
     wide = jnp.float32 if jnp.finfo(values.dtype).bits < 32 else values.dtype
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.dtype != jnp.bool_:  # 0/1 numbers would count as weights in the mean's count
+            raise TypeError(
+                f"masked_mean: mask must be booleans (for 0/1 numbers use mask.astype(bool)); "
+                f"got dtype {mask.dtype}"
+            )
+        if not _broadcasts(mask.shape, values.shape):
+            raise ValueError(
+                f"masked_mean: mask must broadcast to the shape of values, {values.shape}; got "
+                f"shape {mask.shape}"
+            )
     if mask is None:
         total = values.astype(wide).sum(axis=axis)
         count = jnp.asarray(values.size if axis is None else _count(values.shape, axis), wide)
@@ -55,6 +68,13 @@ def masked_mean(values: Array, mask: Array | None = None, *, axis=None, average:
         total = jnp.where(mask, values, jnp.zeros_like(values)).astype(wide).sum(axis=axis)
         count = jnp.maximum(mask.sum(axis=axis), 1).astype(wide)
     return (total / count if average else total).astype(values.dtype)
+
+
+def _broadcasts(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``target`` (NumPy's rule, one way)."""
+    if len(shape) > len(target):
+        return False
+    return all(a in (1, b) for a, b in zip(shape[::-1], target[::-1], strict=False))
 
 
 def _count(shape, axis) -> int:
@@ -129,8 +149,11 @@ def cross_entropy(
     if mask is not None:  # padded logits may be NaN; 0 * NaN would reach the gradient
         logits = jnp.where(mask[..., None], logits, jnp.zeros_like(logits))
         targets = jnp.where(mask, targets, jnp.zeros_like(targets))
-    # Traced targets outside [0, V): a NaN loss and gradient rather than another class's.
-    logits = jnp.where(outside[..., None], jnp.full_like(logits, jnp.nan), logits)
+    # Traced targets outside [0, V): a NaN loss and gradient rather than another class's. Added,
+    # not selected: a where would give those positions a zero gradient, and the step a finite
+    # update that skips them while the loss says NaN.
+    poison = jnp.where(outside[..., None], jnp.full_like(logits, jnp.nan), jnp.zeros_like(logits))
+    logits = logits + poison
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     return _reduce(losses, mask, average)
 
@@ -166,6 +189,9 @@ def mean_squared_error(
 def sequence_mask(lengths: Array, num_steps: int, *, time_axis: int = 0) -> Array:
     """Booleans ``[T, *B]`` (time on ``time_axis``), True for steps before each length.
 
+    Lengths are not checked against ``num_steps`` (they may be traced): a length past it marks
+    every step, a negative one none, as traced lengths read everywhere in seqjax.
+
     Example:
         >>> import jax.numpy as jnp
         >>> sequence_mask(jnp.array([2, 0]), 3).astype(int).tolist()
@@ -174,6 +200,13 @@ def sequence_mask(lengths: Array, num_steps: int, *, time_axis: int = 0) -> Arra
     lengths = jnp.asarray(lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"sequence_mask: lengths must be integers; got dtype {lengths.dtype}")
+    num_steps = _checks.count("num_steps", num_steps, "sequence_mask")
+    ndim = lengths.ndim + 1
+    if not _checks.is_int(time_axis) or not -ndim <= time_axis < ndim:
+        raise ValueError(
+            f"sequence_mask: time_axis must name an axis of the mask [T, *B] ({ndim} dims for "
+            f"lengths of shape {lengths.shape}); got time_axis={time_axis!r}"
+        )
     return jnp.moveaxis(_checks.valid_steps(lengths, num_steps), 0, time_axis)
 
 
@@ -242,6 +275,15 @@ def nrmse(
         1.0
     """
     errors, mask = _errors(predictions, targets, mask, "nrmse")
+    if scale is not None and not isinstance(scale, jax.core.Tracer):
+        host = np.asarray(scale)
+        real = host.dtype != bool and np.issubdtype(host.dtype, np.number)
+        real = real and not np.issubdtype(host.dtype, np.complexfloating)
+        if not real or not (np.isfinite(host) & (host > 0)).all():
+            raise ValueError(
+                f"nrmse: scale must be positive and finite (a standard deviation), or None for "
+                f"the targets'; got {scale!r}"
+            )
     if scale is None:
         targets = jnp.where(mask, targets, jnp.zeros_like(targets))
         mean = masked_mean(targets, mask)
@@ -253,7 +295,9 @@ def mase(predictions: Array, targets: Array, history: Array, mask: Array | None 
     """Mean absolute scaled error (Hyndman & Koehler, 2006).
 
     The mean absolute error divided by that of the one-step naive forecast on the training
-    ``history`` (``mean |x_t - x_{t-1}|``): below 1 beats persistence one step ahead.
+    ``history`` (``mean |x_t - x_{t-1}|``): below 1 beats persistence one step ahead. A
+    history that never changes has no naive error to scale by: the result is then ``inf``
+    (``nan`` when the forecast is exact too).
 
     Args:
         predictions, targets: ``[..., F]``; mask: as for :func:`rmse`.

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqjax import _checks
 from seqjax._types import Array, PRNGKey
@@ -84,7 +85,6 @@ def from_reservoirpy(
         ``(cell, params)``; the cell's scalings are placeholders, the params carry them.
     """
     where = "from_reservoirpy"
-    import numpy as np
     from reservoirpy.activationsfunc import tanh as rpy_tanh
     from reservoirpy.nodes import Reservoir
 
@@ -92,8 +92,8 @@ def from_reservoirpy(
         raise TypeError(f"{where}: reservoir must be a reservoirpy Reservoir; got {reservoir!r}")
     if not getattr(reservoir, "initialized", False):
         raise ValueError(
-            f"{where}: reservoir is not initialised (its W and Win are not drawn yet); run it on "
-            "some data or call reservoir.initialize(x) first"
+            f"{where}: reservoir must be initialised (its W and Win drawn: run it on some data "
+            "or call reservoir.initialize(x) first); got one not initialised"
         )
     if reservoir.activation is not rpy_tanh:
         raise ValueError(
@@ -143,7 +143,7 @@ def _rows(name: str, a: Array, washout: int, time_axis: int, where: str) -> Arra
     a = _checks.floating_array(name, a, where)
     axis = _checks.time_axis_of(name, a.shape, time_axis, where)
     a = jnp.moveaxis(a, axis, 0)
-    if not 0 <= washout < a.shape[0]:
+    if not (_checks.is_int(washout) and 0 <= washout < a.shape[0]):
         raise ValueError(
             f"{where}: washout must lie in [0, T) = [0, {a.shape[0]}); got {washout!r}"
         )
@@ -194,6 +194,7 @@ def ridge_regression(
         (5, 3, 1)
     """
     where = "ridge_regression"
+    _concrete_number("ridge", ridge, where, low=0.0)
     x = _rows("features", features, washout, time_axis, where)
     y = _rows("targets", targets, washout, time_axis, where)
     if x.shape[0] != y.shape[0]:
@@ -221,6 +222,16 @@ def ridge_regression(
     return DenseParams(w=w, b=b)
 
 
+def _concrete_number(name: str, value, where: str, **bounds) -> None:
+    """Check a number that may be traced (vmapped over, say) only where it is concrete: a NaN,
+    negative or zero value there gives NaN readouts without a word."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, jax.Array | np.ndarray) and value.ndim == 0:
+        value = value.item()  # a concrete 0-d array: its number
+    _checks.number(name, value, where, **bounds)
+
+
 class RLSState(NamedTuple):
     """State of the online recursive-least-squares readout."""
 
@@ -232,6 +243,9 @@ def rls_init(
     num_features: int, num_outputs: int, *, alpha: float = 1.0, dtype=jnp.float32
 ) -> RLSState:
     """A zero readout and ``P = I / alpha`` (``alpha``: the initial ridge on every weight)."""
+    num_features = _checks.positive_int("num_features", num_features, "rls_init")
+    num_outputs = _checks.positive_int("num_outputs", num_outputs, "rls_init")
+    _concrete_number("alpha", alpha, "rls_init", low=0.0, low_open=True)
     size = num_features + 1
     return RLSState(
         readout=DenseParams(
@@ -300,12 +314,16 @@ def rls_regression(
     """
     where = "rls_regression"
     features = _checks.floating_array("features", features, where)
+    targets = _checks.floating_array("targets", targets, where)
+    _concrete_number("forgetting", forgetting, where, low=0.0, low_open=True, high=1.0)
+    if state is None:
+        _concrete_number("alpha", alpha, where, low=0.0, low_open=True)
     if features.ndim != 2 or targets.ndim != 2 or targets.shape[0] != features.shape[0]:
         raise ValueError(
             f"{where}: features must be [T, F] and targets [T, O] with the same T (vmap for "
             f"batches); got shapes {features.shape} and {targets.shape}"
         )
-    if not 0 <= washout <= features.shape[0]:
+    if not (_checks.is_int(washout) and 0 <= washout <= features.shape[0]):
         raise ValueError(f"{where}: washout must lie in [0, T]; got {washout!r}")
     if state is None:
         state = rls_init(features.shape[1], targets.shape[1], alpha=alpha, dtype=features.dtype)
@@ -351,10 +369,10 @@ def feedback_weights(
         ((1, 100), 50)
     """
     where = "feedback_weights"
-    for name, value in (("output_size", output_size), ("hidden_size", hidden_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{where}: {name} must be a positive int; got {value!r}")
-    if not 0.0 < connectivity <= 1.0:
+    output_size = _checks.positive_int("output_size", output_size, where)
+    hidden_size = _checks.positive_int("hidden_size", hidden_size, where)
+    _checks.number("scaling", scaling, where)
+    if not _checks.is_real(connectivity) or not 0.0 < connectivity <= 1.0:
         raise ValueError(f"{where}: connectivity must lie in (0, 1]; got {connectivity!r}")
     count = max(1, round(connectivity * output_size * hidden_size))
     k_positions, k_signs = jax.random.split(key)
@@ -467,6 +485,9 @@ def force_train(
         True
     """
     where = "force_train"
+    _concrete_number("forgetting", forgetting, where, low=0.0, low_open=True, high=1.0)
+    if state is None:
+        _concrete_number("alpha", alpha, where, low=0.0, low_open=True)
     targets = _checks.floating_array("targets", targets, where)
     if targets.ndim != 2:
         raise ValueError(
@@ -522,8 +543,7 @@ def force_run(
         ``(carry, outputs [T, O])``. Example: see :func:`force_train`.
     """
     where = "force_run"
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 0:
-        raise ValueError(f"{where}: num_steps must be an int >= 0; got {num_steps!r}")
+    num_steps = _checks.count("num_steps", num_steps, where)
     num_outputs = readout.b.shape[-1]
     if readout.w.shape != (cell.hidden_size, num_outputs):
         raise ValueError(
@@ -587,6 +607,12 @@ class EchoStateNetwork:
     cell: EchoStateCell
     output_size: int
     input_to_readout: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.cell, EchoStateCell):
+            raise TypeError(f"EchoStateNetwork: cell must be an EchoStateCell; got {self.cell!r}")
+        _checks.sizes(self, ("output_size",), "EchoStateNetwork")
+        _checks.flag("input_to_readout", self.input_to_readout, "EchoStateNetwork")
 
     @property
     def input_size(self) -> int:

@@ -146,6 +146,17 @@ def _apply_or_skip(optimizer, params, opt_state, grads, loss, grad_norm, skip_no
     )
 
 
+def _check_step_args(loss_fn, optimizer, where: str) -> None:
+    """Named errors when the step is built, not a bare ``TypeError`` at its first call."""
+    _checks.function("loss_fn", loss_fn, where)
+    init, update = getattr(optimizer, "init", None), getattr(optimizer, "update", None)
+    if not (callable(init) and callable(update)):
+        raise TypeError(
+            f"{where}: optimizer must be an optax GradientTransformation (with init and update, "
+            f"e.g. default_optimizer(1e-3)); got {optimizer!r}"
+        )
+
+
 def bptt_step(
     loss_fn: Callable[[PyTree, Any], Array],
     optimizer: optax.GradientTransformation,
@@ -184,6 +195,8 @@ def bptt_step(
         ()
     """
 
+    _check_step_args(loss_fn, optimizer, "bptt_step")
+
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         grad_norm = global_norm(grads)
@@ -214,6 +227,8 @@ def tbptt_step(
         StepMetrics)``. ``next_carry`` carries no gradient: nothing flows across window
         borders. With a single window spanning the whole sequence this is exactly BPTT.
     """
+
+    _check_step_args(loss_fn, optimizer, "tbptt_step")
 
     def step(params, opt_state, carry, window):
         carry = jax.lax.stop_gradient(carry)
@@ -263,6 +278,8 @@ def window_loss(
         ``xs`` and ``targets`` are ``[k2, *B, ...]`` and ``resets`` ``[k2, *B]`` or None.
     """
     k1, k2 = _windows_k(k1, k2, "window_loss")
+    _checks.function("forward", forward, "window_loss")
+    _checks.function("loss", loss, "window_loss")
 
     def part(a, start, stop):
         return None if a is None else a[start:stop]
@@ -328,12 +345,18 @@ def stream_windows(stream: Array, *, k1: int, k2: int | None = None, time_axis: 
         [[0, 1, 2], [2, 3, 4], [4, 5, 6]]
     """
     k1, k2 = _windows_k(k1, k2, "stream_windows")
-    stream = jnp.moveaxis(jnp.asarray(stream), time_axis, 0)
+    stream = jnp.asarray(stream)
+    if not _checks.is_int(time_axis) or not -stream.ndim <= time_axis < stream.ndim:
+        raise ValueError(
+            f"stream_windows: time_axis must name an axis of stream (shape {stream.shape}); got "
+            f"time_axis={time_axis!r}"
+        )
+    stream = jnp.moveaxis(stream, time_axis, 0)
     length = stream.shape[0]
     if length < k2:
         raise ValueError(
-            f"stream_windows: the stream has {length} steps, fewer than one window of "
-            f"k2 = {k2} steps"
+            f"stream_windows: stream must hold at least k2 = {k2} steps; got {length} steps, "
+            f"fewer than one window of {k2} steps"
         )
     starts = jnp.arange(0, length - k2 + 1, k1)
     index = starts[:, None] + jnp.arange(k2)[None, :]

@@ -12,7 +12,7 @@ import numpy as np
 
 from seqjax import _checks
 from seqjax._types import Array, PyTree
-from seqjax.cells._base import Cell
+from seqjax.cells._base import Cell, Layer
 from seqjax.methods import Inputs, Method, ParallelInfo, resolve
 
 __all__ = ["UnrollOptions", "unroll", "unroll_reference", "unroll_with_info"]
@@ -43,6 +43,7 @@ class UnrollOptions:
     method: Method | str | None = None
 
     def __post_init__(self):
+        _checks.flag("reverse", self.reverse, "UnrollOptions")
         method = resolve(self.method, "UnrollOptions")
         if self.truncate is not None:
             _checks.positive_int("truncate", self.truncate, "UnrollOptions")
@@ -57,13 +58,22 @@ class UnrollOptions:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+def _check_cell(cell, where: str) -> None:
+    # A class (LSTMCell instead of LSTMCell(3, 4)) or a layer fails much later otherwise.
+    if not isinstance(cell, Cell):
+        raise TypeError(
+            f"{where}: cell must be a seqjax cell instance (e.g. LSTMCell(3, 4)); got {cell!r}"
+            + (" (call a Stack or Bidirectional layer directly)" if isinstance(cell, Layer) else "")
+        )
+
+
 def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str):
     """Check arguments; return time-major xs, the carry, lengths, and the original axis."""
+    _check_cell(cell, where)
     xs = _checks.floating_array("xs", xs, where)
     axis = _checks.time_axis_of("xs", xs.shape, time_axis, where)
     _checks.feature_size("xs", xs.shape, cell.input_size, where)
-    if isinstance(cell, Cell):
-        cell.check_params(params, where)
+    cell.check_params(params, where)
     xs = jnp.moveaxis(xs, axis, 0)
     num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
     px_dtype = jax.eval_shape(cell.project, params, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
@@ -112,6 +122,7 @@ def _inputs(cell, params, xs, carry, lengths, resets, reverse, truncate, time_ax
 
 
 def _method(cell: Cell, method, truncate, where: str) -> Method:
+    _check_cell(cell, where)
     method = resolve(method, where)
     if truncate is not None and not method.truncates:
         raise ValueError(

@@ -69,11 +69,17 @@ class Cell(abc.ABC):
     shared_rows: ClassVar[bool] = True
 
     def __post_init__(self):
-        """Check the sizes that are fields of this cell: positive ints (``LSTMCell(3, -2)``,
-        ``GRUCell(3, 4.0)`` and ``hidden_size=0`` are refused here, not deep inside JAX)."""
+        """Check the hyperparameters that are fields of this cell: sizes are positive ints
+        (``LSTMCell(3, -2)``, ``GRUCell(3, 4.0)`` and ``hidden_size=0`` are refused here, not
+        deep inside JAX), and every field named in :data:`FIELD_CHECKS` passes its check (a
+        string ``reset_after="no"`` would otherwise read as True)."""
         fields = getattr(type(self), "__dataclass_fields__", {})
+        where = type(self).__name__
         own = tuple(name for name in ("input_size", "hidden_size") if name in fields)
-        _checks.sizes(self, own, type(self).__name__)
+        _checks.sizes(self, own, where)
+        for name, check in FIELD_CHECKS.items():
+            if name in fields:
+                check(name, getattr(self, name), where)
 
     @abc.abstractmethod
     def init(self, key: PRNGKey, dtype: Any = jnp.float32) -> PyTree:
@@ -133,6 +139,16 @@ class Cell(abc.ABC):
                     f"{got_paths[path]}. Parameters of another size? Draw them with this "
                     "cell's init."
                 )
+
+
+# Hyperparameters that several cells share, by field name, and their checks.
+FIELD_CHECKS: dict[str, Callable[[str, Any, str], Any]] = {
+    "forget_bias": _checks.number,  # a finite number (NaN would make every forget gate NaN)
+    "eps": functools.partial(_checks.number, low=0.0, low_open=True),  # layer norm's epsilon
+    "reset_after": _checks.flag,
+    "log_space": _checks.flag,
+    "activation": _checks.function,
+}
 
 
 def _init_shapes(cell: Cell) -> PyTree:
@@ -357,6 +373,14 @@ class CellWrapper(Cell):
     cell: Cell
     forwards: ClassVar[frozenset[type]] = frozenset()
     own: ClassVar[frozenset[type]] = frozenset()
+
+    def __post_init__(self):
+        """The wrapped cell must be a cell instance (a class, or a layer, fails much later)."""
+        if not isinstance(self.cell, Cell):
+            raise TypeError(
+                f"{type(self).__name__}: cell must be a seqjax cell instance (e.g. "
+                f"LSTMCell(3, 4)); got {self.cell!r}"
+            )
 
     @property
     def input_size(self) -> int:  # type: ignore[override]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from seqjax._types import Array, PRNGKey
 
@@ -20,6 +21,8 @@ def affine(x: Array, w: Array, b: Array | None = None) -> Array:
 def _draw_dtype(dtype):
     """Draw in at least float32, then cast: half-precision draws would be coarse, and XLA:CPU
     has no bfloat16/float16 QR for the orthogonal initialiser."""
+    if not jnp.issubdtype(dtype, jnp.floating):  # jnp.finfo's own error names no argument
+        raise TypeError(f"init: dtype must be a floating dtype; got {jnp.dtype(dtype)}")
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
 
 
@@ -42,6 +45,14 @@ def orthogonal_blocks(key: PRNGKey, hidden_size: int, num_blocks: int, dtype) ->
 
 
 def zeros_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype) -> Array:
+    # A bare int (init_carry(2) for init_carry((2,))) failed inside jnp.zeros.
+    if not isinstance(batch_shape, tuple | list) or not all(
+        isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 0 for n in batch_shape
+    ):
+        raise ValueError(
+            f"init_carry: batch_shape must be a tuple of ints >= 0 (() for one sequence); got "
+            f"{batch_shape!r}"
+        )
     return jnp.zeros((*batch_shape, hidden_size), dtype)
 
 

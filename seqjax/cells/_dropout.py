@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.cells._base import (
     CellWrapper,
@@ -126,9 +127,10 @@ class VariationalDropoutCell(CellWrapper):
         return False  # the masks are per sequence, [*B, I] and [*B, H]
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("input_rate", "recurrent_rate"):
             rate = getattr(self, name)
-            if not isinstance(rate, int | float) or not 0.0 <= rate < 1.0:
+            if not _checks.is_real(rate) or not 0.0 <= rate < 1.0:
                 raise ValueError(
                     f"VariationalDropoutCell: {name} must be a number in [0, 1); got {rate!r}"
                 )

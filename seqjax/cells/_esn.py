@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import _checks
 from seqjax._types import Array, PRNGKey
 from seqjax.cells._base import Cell
 from seqjax.cells._common import _draw_dtype, affine, bernoulli, zeros_carry
@@ -161,9 +162,15 @@ class EchoStateParams(NamedTuple):
 
 
 def _as_tuple_or_float(value, size: int, name: str, where: str):
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if _checks.is_real(value):
         return float(value)
-    values = tuple(float(v) for v in value)
+    try:
+        values = None if isinstance(value, str) else tuple(value)
+    except TypeError:  # not iterable
+        values = None
+    if values is None or not all(_checks.is_real(v) for v in values):
+        raise ValueError(f"{where}: {name} must be a number or {size} numbers; got {value!r}")
+    values = tuple(float(v) for v in values)
     if len(values) != size:
         raise ValueError(f"{where}: {name} must be a number or {size} numbers; got {len(values)}")
     return values
@@ -263,9 +270,13 @@ class EchoStateCell(Cell):
         leaks = leak if isinstance(leak, tuple) else (leak,)
         if not all(0.0 < a <= 1.0 for a in leaks):
             raise ValueError(f"{where}: leak_rate must lie in (0, 1]; got {self.leak_rate!r}")
+        scalings = scaling if isinstance(scaling, tuple) else (scaling,)
+        if not all(np.isfinite(s) for s in scalings):
+            raise ValueError(f"{where}: input_scaling must be finite; got {self.input_scaling!r}")
+        _checks.number("bias_scaling", self.bias_scaling, where)
         for name in ("connectivity", "input_connectivity"):
             value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
+            if not _checks.is_real(value) or not 0.0 < value <= 1.0:
                 raise ValueError(f"{where}: {name} must lie in (0, 1]; got {value!r}")
         if not isinstance(self.fixed_fan_in, bool):
             raise ValueError(f"{where}: fixed_fan_in must be a bool; got {self.fixed_fan_in!r}")
@@ -273,12 +284,20 @@ class EchoStateCell(Cell):
             object.__setattr__(self, "sparse", self.connectivity < SPARSE_BELOW)
         elif not isinstance(self.sparse, bool):
             raise ValueError(f"{where}: sparse must be a bool or None; got {self.sparse!r}")
-        if not self.spectral_radius >= 0.0:
-            raise ValueError(f"{where}: spectral_radius must be >= 0; got {self.spectral_radius!r}")
+        radius = self.spectral_radius
+        if not _checks.is_real(radius) or not 0.0 <= radius < float("inf"):
+            raise ValueError(f"{where}: spectral_radius must be >= 0 and finite; got {radius!r}")
         trainable = self.trainable
         if isinstance(trainable, bool):
             trainable = EchoStateParams._fields if trainable else ()
-        trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+        trainable = (trainable,) if isinstance(trainable, str) else trainable
+        names = isinstance(trainable, tuple | list) and all(isinstance(t, str) for t in trainable)
+        if not names:
+            raise ValueError(
+                f"{where}: trainable must be True, False, a field name of EchoStateParams or a "
+                f"tuple of them; got {self.trainable!r}"
+            )
+        trainable = tuple(trainable)
         unknown = sorted(set(trainable) - set(EchoStateParams._fields))
         if unknown:
             raise ValueError(
@@ -313,10 +332,10 @@ class EchoStateCell(Cell):
         values = w.data if is_bcoo(w) else w
         if not isinstance(values, jax.core.Tracer) and bool(jnp.isnan(values).any()):
             raise ValueError(
-                f"EchoStateCell.init: the reservoir drawn has spectral radius 0 (its {num_w} "
-                f"connections among {hidden} units form no cycle), so it cannot be scaled to "
-                f"spectral_radius={self.spectral_radius}; raise connectivity "
-                f"({self.connectivity}) or hidden_size, or draw with another key"
+                f"EchoStateCell.init: connectivity must give the reservoir a cycle (spectral "
+                f"radius 0 cannot be scaled to spectral_radius={self.spectral_radius}); got "
+                f"connectivity={self.connectivity}, whose {num_w} connections among {hidden} "
+                f"units form no cycle: raise connectivity or hidden_size, or draw with another key"
             )
         return EchoStateParams(
             w_in=w_in,

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax import _checks
 from seqjax._types import Array, PRNGKey
 from seqjax.cells._base import Cell
 from seqjax.cells._common import _draw_dtype, zeros_carry
@@ -87,6 +88,14 @@ class LRUCell(Cell):
     r_min: float = 0.0
     r_max: float = 0.99
     max_phase: float = 2 * math.pi
+
+    def __post_init__(self):
+        super().__post_init__()
+        # |lambda| is drawn between r_min and r_max: outside [0, 1) nu_log is NaN (r = 1 makes
+        # it -inf, a unit that never forgets); a phase range <= 0 makes theta_log NaN.
+        r_min = _checks.number("r_min", self.r_min, "LRUCell", low=0.0, high=1.0, high_open=True)
+        _checks.number("r_max", self.r_max, "LRUCell", low=r_min, high=1.0, high_open=True)
+        _checks.number("max_phase", self.max_phase, "LRUCell", low=0.0, low_open=True)
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> LRUParams:
         """Draw parameters; ``dtype`` is the parameter dtype."""

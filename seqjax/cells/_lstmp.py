@@ -80,7 +80,8 @@ class LSTMProjCell(Cell):
     forget_bias: float = 1.0
 
     def __post_init__(self):
-        _checks.sizes(self, ("input_size", "hidden_size", "cell_size"), "LSTMProjCell")
+        super().__post_init__()  # the sizes and forget_bias
+        _checks.sizes(self, ("cell_size",), "LSTMProjCell")
 
     def init(self, key: PRNGKey, dtype=jnp.float32) -> LSTMProjParams:
         """Draw parameters; ``dtype`` is the parameter dtype."""

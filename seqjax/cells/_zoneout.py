@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.cells._base import (
     CellWrapper,
@@ -111,9 +112,10 @@ class ZoneoutCell(CellWrapper):
     own = frozenset({Noisy})
 
     def __post_init__(self):
+        super().__post_init__()
         for name in ("hidden_rate", "cell_rate"):
             rate = getattr(self, name)
-            if not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
+            if not _checks.is_real(rate) or not 0.0 <= rate <= 1.0:
                 raise ValueError(f"ZoneoutCell: {name} must be a number in [0, 1]; got {rate!r}")
         fields = _fields(jax.eval_shape(lambda: self.cell.init_carry(())))
         if fields is None:

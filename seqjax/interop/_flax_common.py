@@ -69,8 +69,8 @@ def step(layer, params: PyTree, carry: PyTree, x: Array, where: str) -> tuple[Py
     """One step of a cell (``apply``), or a clear error for a layer that needs the sequence."""
     if not steps(layer):
         raise TypeError(
-            f"{where}: step needs a cell (or a Stack of cells); a {type(layer).__name__} "
-            "needs the whole sequence"
+            f"{where}: step needs a cell (or a Stack of cells) as its layer; got a "
+            f"{type(layer).__name__}, which needs the whole sequence"
         )
     return layer.apply(params, carry, x)
 
@@ -131,7 +131,7 @@ def from_nested_dict(layer, tree: Mapping[str, Any], where: str) -> PyTree:
         for name in path:
             if not isinstance(node, Mapping) or name not in node:
                 raise ValueError(
-                    f"{where}: the stored parameters lack {'/'.join(path)}, which "
+                    f"{where}: the stored parameters (tree) must hold {'/'.join(path)}, which "
                     f"{type(layer).__name__} needs; got keys {list(tree)}"
                 )
             node = node[name]
@@ -223,6 +223,6 @@ def check_cell_type(cell, where: str) -> None:
         )
     if isinstance(cell, GRUCell) and not cell.reset_after:
         raise ValueError(
-            f"{where}: Flax's GRUCell applies the reset gate after the recurrent matmul; "
-            "use GRUCell(reset_after=True), got reset_after=False"
+            f"{where}: cell must be a GRUCell(reset_after=True): Flax's GRUCell applies the "
+            "reset gate after the recurrent matmul; got reset_after=False"
         )

@@ -75,14 +75,21 @@ def _inner(variables: Mapping[str, Any]) -> Mapping[str, Any]:
     return nn.meta.unbox(variables["params"] if "params" in variables else variables)
 
 
+def _keys(tree) -> list[str] | str:
+    """The keys of a params dict, for a message (or its type, when it is not a dict)."""
+    return sorted(tree) if isinstance(tree, Mapping) else type(tree).__name__
+
+
 def _kernel(tree, name: str, shape: tuple[int, int]) -> jax.Array:
     try:
         kernel = jnp.asarray(tree[name]["kernel"])
     except KeyError as err:
-        raise ValueError(f"params_from_linen: variables lack {name}/kernel") from err
+        raise ValueError(
+            f"params_from_linen: variables must hold {name}/kernel; got keys {_keys(tree)}"
+        ) from err
     if kernel.shape != shape:
         raise ValueError(
-            f"params_from_linen: {name}/kernel must have shape {shape} (in, out); "
+            f"params_from_linen: variables' {name}/kernel must have shape {shape} (in, out); "
             f"got {kernel.shape}"
         )
     return kernel
@@ -115,8 +122,8 @@ def params_from_linen(cell, variables: Mapping[str, Any]):
     if isinstance(cell, GRUCell):
         if not cell.reset_after:
             raise ValueError(
-                "params_from_linen: Flax's GRUCell applies the reset gate after the recurrent "
-                "matmul; convert it to GRUCell(reset_after=True), got reset_after=False"
+                "params_from_linen: cell must be a GRUCell(reset_after=True): Flax's GRUCell "
+                "applies the reset gate after the recurrent matmul; got reset_after=False"
             )
         b_hn = jnp.asarray(tree["hn"]["bias"])
         zeros = jnp.zeros_like(b_hn)
@@ -150,7 +157,8 @@ def params_to_linen(cell, params) -> dict[str, Any]:
     elif isinstance(cell, GRUCell):
         if not cell.reset_after:
             raise ValueError(
-                "params_to_linen: Flax's GRUCell is the reset-after GRU; got reset_after=False"
+                "params_to_linen: cell must be a GRUCell(reset_after=True), as Flax's GRUCell is "
+                "the reset-after GRU; got reset_after=False"
             )
         kx = jnp.split(params.w_x, 3, axis=1)
         kh = jnp.split(params.w_h, 3, axis=1)
@@ -221,7 +229,9 @@ def cell_from_linen(flax_cell: nn.Module, variables: Mapping[str, Any]):
     try:
         size_i = int(jnp.shape(tree[first]["kernel"])[0])
     except (KeyError, TypeError) as err:
-        raise ValueError(f"{where}: variables lack {first}/kernel") from err
+        raise ValueError(
+            f"{where}: variables must hold {first}/kernel; got keys {_keys(tree)}"
+        ) from err
     size_h = flax_cell.features
     cell: Cell
     if isinstance(flax_cell, nn.LSTMCell | nn.OptimizedLSTMCell):
@@ -231,8 +241,8 @@ def cell_from_linen(flax_cell: nn.Module, variables: Mapping[str, Any]):
     else:
         if flax_cell.residual:
             raise ValueError(
-                f"{where}: a residual SimpleCell (h' = f(x W_i + b + h W_h + h)) has no seqjax "
-                "counterpart; got residual=True"
+                f"{where}: flax_cell must not be a residual SimpleCell (h' = f(x W_i + b + h W_h "
+                "+ h)), which has no seqjax counterpart; got residual=True"
             )
         cell = ElmanCell(size_i, size_h, activation=flax_cell.activation_fn)
     common.flax_activation_check(

@@ -296,8 +296,8 @@ class RecurrentCell(_Adapter, nnx.RNNCellBase):
     def initialize_carry(self, input_shape: tuple[int, ...], rngs=None, carry_init=None) -> PyTree:
         if carry_init is not None:
             raise ValueError(
-                "RecurrentCell.initialize_carry: the initial state is the cell's "
-                "init_carry; pass initial_carry to nnx.RNN instead of carry_init"
+                "RecurrentCell.initialize_carry: carry_init must be None (the initial state is "
+                "the cell's init_carry; pass initial_carry to nnx.RNN instead); got a carry_init"
             )
         return self.init_carry(tuple(input_shape[:-1]))
 
@@ -336,8 +336,8 @@ def cell_from_nnx(flax_cell: nnx.Module):
     elif isinstance(flax_cell, nnx.SimpleCell):
         if flax_cell.residual:
             raise ValueError(
-                "cell_from_nnx: a residual SimpleCell (h' = f(x W_i + b + h W_h + h)) has no "
-                "seqjax counterpart; got residual=True"
+                "cell_from_nnx: flax_cell must not be a residual SimpleCell (h' = f(x W_i + b + "
+                "h W_h + h)), which has no seqjax counterpart; got residual=True"
             )
         cell = ElmanCell(
             flax_cell.in_features, flax_cell.hidden_features, activation=flax_cell.activation_fn

@@ -95,10 +95,10 @@ def _torch_mode(cell, where: str) -> str:
     if isinstance(cell, GRUCell):
         if not cell.reset_after:
             raise ValueError(
-                f"{where}: PyTorch's GRU applies the reset gate after the recurrent matmul, "
-                "r * (h W_hn + b_hn); GRUCell(reset_after=False) computes (r * h) W_hn + b_hn, "
-                "a different function, so no weights map between them. Use GRUCell("
-                "reset_after=True)"
+                f"{where}: cell must be a GRUCell(reset_after=True): PyTorch's GRU applies the "
+                "reset gate after the recurrent matmul, r * (h W_hn + b_hn), and reset_after="
+                "False computes (r * h) W_hn + b_hn, a different function, so no weights map "
+                "between them; got GRUCell(reset_after=False)"
             )
         return "GRU"
     raise TypeError(
@@ -118,8 +118,8 @@ def _layout(model, where: str) -> tuple[tuple[Any, ...], ...]:
             layout.append((layer,))
         else:
             raise TypeError(
-                f"{where}: a PyTorch RNN/LSTM/GRU matches a cell, a Bidirectional pair of cells "
-                f"or a Stack of either; got {type(layer).__name__}"
+                f"{where}: model must be a cell, a Bidirectional pair of cells or a Stack of "
+                f"either (what a PyTorch RNN/LSTM/GRU matches); got {type(layer).__name__}"
                 + (" inside a Stack" if layer is not model else "")
             )
     cells = [cell for pair in layout for cell in pair]
@@ -129,8 +129,9 @@ def _layout(model, where: str) -> tuple[tuple[Any, ...], ...]:
     cell_sizes = {cell.cell_size for cell in cells if _proj(cell)}  # PyTorch's hidden_size
     if len(modes) > 1 or len(directions) > 1 or len(hidden_sizes) > 1 or len(cell_sizes) > 1:
         raise ValueError(
-            f"{where}: a PyTorch module has one kind of cell, one hidden_size and either every "
-            f"layer bidirectional or none; got cells {sorted(modes)}, hidden sizes "
+            f"{where}: model must have one kind of cell, one hidden_size and either every "
+            f"layer bidirectional or none, as a PyTorch module has; got cells {sorted(modes)}, "
+            "hidden sizes "
             f"{sorted(hidden_sizes)} and {sorted(directions)} directions per layer"
             + (f" (LSTMProjCell cell_size {sorted(cell_sizes)})" if cell_sizes else "")
         )
@@ -415,8 +416,8 @@ def params_from_torch(model, state_dict: dict[str, Any]) -> PyTree:
     if missing or unexpected:
         module = _MODULES[_torch_mode(layout[0][0], where)]
         raise ValueError(
-            f"{where}: state_dict does not match {module} with num_layers={len(layout)}, "
-            f"bidirectional={len(layout[0]) == 2}: missing keys {missing}, unexpected keys "
+            f"{where}: state_dict must hold the keys of {module} with num_layers={len(layout)}, "
+            f"bidirectional={len(layout[0]) == 2}; got missing keys {missing}, unexpected keys "
             f"{unexpected} (strip any module prefix such as 'rnn.' from the keys first; "
             "an nn.LSTM with proj_size, whose weights include weight_hr_l*, matches "
             "LSTMProjCell layers)"

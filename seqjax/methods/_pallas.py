@@ -73,6 +73,8 @@ class Pallas(Method):
     interpret: bool | None = None
 
     def __post_init__(self):
+        if self.interpret is not None:
+            _checks.flag("interpret", self.interpret, "Pallas")
         if self.block_batch is not None:
             size = _checks.positive_int("block_batch", self.block_batch, "Pallas")
             if size & (size - 1):
@@ -81,8 +83,8 @@ class Pallas(Method):
     def check(self, cell: Cell) -> None:
         if _kind(cell) is None:
             raise TypeError(
-                "Pallas runs LSTMCell, GRUCell(reset_after=True) and ElmanCell (tanh or relu); "
-                f"got {cell!r}: use Scan"
+                "Pallas runs LSTMCell, GRUCell(reset_after=True) and ElmanCell (tanh or relu) "
+                f"only, so the cell must be one of them; got {cell!r}: use Scan"
             )
 
     def run(self, cell: Cell, params: PyTree, inputs: Inputs) -> tuple[PyTree, Array]:

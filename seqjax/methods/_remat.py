@@ -66,7 +66,7 @@ class Remat(Method):
 
     def __post_init__(self):
         object.__setattr__(self, "chunks", _schedule(self.chunks))
-        check_layout("Remat", self.unroll, self.hoist_projection)
+        check_layout("Remat", self.unroll, self.hoist_projection, self.tuning)
 
     def run(self, cell: Cell, params: PyTree, inputs: Inputs) -> tuple[PyTree, Array]:
         base = self.tuning if self.tuning is not None else for_platform(platform_of(inputs.xs))

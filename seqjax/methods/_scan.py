@@ -19,8 +19,13 @@ from seqjax.tuning import Tuning, for_platform, platform_of
 DERIVATIVES = ("autodiff", "structured")
 
 
-def check_layout(where: str, unroll, hoist_projection) -> None:
+def check_layout(where: str, unroll, hoist_projection, tuning=None) -> None:
     """Check the layout fields shared by :class:`Scan` and :class:`~seqjax.Remat`."""
+    if tuning is not None and not isinstance(tuning, Tuning):
+        raise TypeError(
+            f"{where}: tuning must be a seqjax.tuning.Tuning (e.g. tuning.TABLE['gpu']) or "
+            f"None; got {tuning!r}"
+        )
     if unroll is not None and not isinstance(unroll, bool):  # True: unroll every step
         _checks.positive_int("unroll", unroll, where)
     if hoist_projection is not None and not isinstance(hoist_projection, bool):
@@ -71,7 +76,7 @@ class Scan(Method):
     truncates = True
 
     def __post_init__(self):
-        check_layout("Scan", self.unroll, self.hoist_projection)
+        check_layout("Scan", self.unroll, self.hoist_projection, self.tuning)
         if self.derivative is not None and self.derivative not in DERIVATIVES:
             raise ValueError(
                 f"Scan: derivative must be one of {DERIVATIVES} or None; got {self.derivative!r}"
@@ -81,7 +86,7 @@ class Scan(Method):
         if self.derivative == "structured" and not supports(cell, SplitStep):
             raise TypeError(
                 "Scan(derivative='structured') needs a cell that supports SplitStep "
-                f"(recur and update); {type(cell).__name__} does not: use derivative="
+                f"(recur and update); got {type(cell).__name__}, which does not: use derivative="
                 "'autodiff' or None"
             )
 

@@ -6,10 +6,33 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax._types import Array, PyTree
-from seqjax.layers import Bidirectional, Stack, last_valid, output_size, run_layer
+from seqjax.cells._base import Cell, Layer
+from seqjax.layers import Bidirectional, Embedding, Stack, last_valid, output_size, run_layer
 from seqjax.unroll import UnrollOptions
 
 __all__ = ["output_size"]  # re-exported for the models
+
+
+def check_parts(model, where: str) -> None:
+    """The parts a model holds, checked at construction (each fails much later otherwise):
+    ``encoder`` a cell or sequence layer, ``embed`` an Embedding or None, ``pool`` a function
+    or None, ``options`` an UnrollOptions; whichever of these fields ``model`` has."""
+    fields = getattr(type(model), "__dataclass_fields__", {})
+    if "encoder" in fields and not isinstance(model.encoder, Cell | Layer):
+        raise TypeError(
+            f"{where}: encoder must be a seqjax cell, Stack or Bidirectional instance; got "
+            f"{model.encoder!r}"
+        )
+    embed = getattr(model, "embed", None)
+    if embed is not None and not isinstance(embed, Embedding):
+        raise TypeError(f"{where}: embed must be a seqjax.Embedding or None; got {embed!r}")
+    if "pool" in fields and model.pool is not None:
+        _checks.function("pool", model.pool, where)
+    if "options" in fields and not isinstance(model.options, UnrollOptions):
+        raise TypeError(
+            f"{where}: options must be a seqjax.UnrollOptions (e.g. UnrollOptions(truncate=20)); "
+            f"got {model.options!r}"
+        )
 
 
 def run_encoder(
@@ -43,7 +66,7 @@ def ids_time_major(name: str, ids, time_axis: int, where: str) -> Array:
     ids = jnp.asarray(ids)
     if not jnp.issubdtype(ids.dtype, jnp.integer):
         raise TypeError(f"{where}: {name} must hold integer ids; got dtype {ids.dtype}")
-    if ids.ndim < 1 or not -ids.ndim <= time_axis < ids.ndim:
+    if ids.ndim < 1 or not (_checks.is_int(time_axis) and -ids.ndim <= time_axis < ids.ndim):
         raise ValueError(
             f"{where}: {name} must have a time axis at time_axis={time_axis}; got shape {ids.shape}"
         )
@@ -62,8 +85,10 @@ def zero_padded(ys: Array, mask: Array) -> Array:
     return jnp.where(jnp.broadcast_to(mask[..., None], ys.shape), ys, jnp.zeros_like(ys))
 
 
-def check_lengths(lengths, batch_shape: tuple[int, ...], num_steps: int, where: str):
+def check_lengths(
+    lengths, batch_shape: tuple[int, ...], num_steps: int, where: str, name: str = "lengths"
+):
     """``lengths`` checked as :func:`seqjax.unroll` checks it (None passes through)."""
     if lengths is None:
         return None
-    return _checks.lengths_array(lengths, tuple(batch_shape), num_steps, where)
+    return _checks.lengths_array(lengths, tuple(batch_shape), num_steps, where, name)

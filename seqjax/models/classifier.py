@@ -15,6 +15,7 @@ from seqjax.layers import Dense, DenseParams, Embedding
 from seqjax.losses import cross_entropy
 from seqjax.models._common import (
     check_lengths,
+    check_parts,
     ids_time_major,
     last_state,
     output_size,
@@ -77,6 +78,7 @@ class SequenceClassifier:
 
     def __post_init__(self):
         _checks.sizes(self, ("num_classes",), "SequenceClassifier")
+        check_parts(self, "SequenceClassifier")
         if self.embed is not None and self.embed.features != self.encoder.input_size:
             raise ValueError(
                 "SequenceClassifier: embed.features must equal the encoder's input_size "

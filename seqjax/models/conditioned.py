@@ -10,10 +10,17 @@ import jax.numpy as jnp
 
 from seqjax import _checks
 from seqjax._types import Array, PRNGKey, PyTree
+from seqjax.cells._base import Cell
 from seqjax.generate import Beams, Decoded, beam_search, decode
-from seqjax.layers import Dense, DenseParams, Embedding
+from seqjax.layers import Dense, DenseParams, Embedding, Stack
 from seqjax.losses import cross_entropy
-from seqjax.models._common import check_lengths, ids_time_major, step_mask, zero_padded
+from seqjax.models._common import (
+    check_lengths,
+    check_parts,
+    ids_time_major,
+    step_mask,
+    zero_padded,
+)
 from seqjax.unroll import UnrollOptions, unroll
 
 
@@ -70,7 +77,16 @@ class ConditionedGenerator:
     options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
-        _checks.sizes(self, ("condition_size", "vocab_size", "embed_size"), "ConditionedGenerator")
+        where = "ConditionedGenerator"
+        _checks.sizes(self, ("condition_size", "vocab_size", "embed_size"), where)
+        check_parts(self, where)
+        # A decoder generates one token at a time: a cell, or a Stack of cells.
+        parts = self.decoder.layers if isinstance(self.decoder, Stack) else (self.decoder,)
+        if not isinstance(self.decoder, Cell) or not all(isinstance(p, Cell) for p in parts):
+            raise TypeError(
+                f"{where}: decoder must be a seqjax cell or a Stack of cells (it steps one "
+                f"token at a time; a Bidirectional layer cannot); got {self.decoder!r}"
+            )
         if self.options.reverse:
             raise ValueError(
                 "ConditionedGenerator: options.reverse must be False (a decoder generates "
@@ -83,7 +99,7 @@ class ConditionedGenerator:
             )
         for name in ("start_token", "end_token"):
             token = getattr(self, name)
-            if not 0 <= token < self.vocab_size:
+            if not (_checks.is_int(token) and 0 <= token < self.vocab_size):
                 raise ValueError(
                     f"ConditionedGenerator: {name} must lie in [0, vocab_size) = "
                     f"[0, {self.vocab_size}); got {token}"
@@ -179,10 +195,11 @@ class ConditionedGenerator:
         time_axis: int = 0,
     ) -> Array:
         """Teacher-forcing cross-entropy (nats), the mean over valid target tokens."""
+        time_major = ids_time_major("targets", targets, time_axis, "ConditionedGenerator.loss")
         logits = jnp.moveaxis(
             self(params, condition, targets, lengths, time_axis=time_axis), time_axis, 0
         )
-        targets = ids_time_major("targets", targets, time_axis, "ConditionedGenerator.loss")
+        targets = time_major
         return cross_entropy(
             logits, targets, step_mask(lengths, targets.shape[0], targets.shape[1:])
         )

@@ -14,6 +14,7 @@ from seqjax.generate import Beams, Decoded
 from seqjax.layers import Embedding
 from seqjax.models._common import (
     check_lengths,
+    check_parts,
     ids_time_major,
     last_state,
     output_size,
@@ -75,6 +76,15 @@ class Seq2Seq:
     options: UnrollOptions = UnrollOptions()
 
     def __post_init__(self):
+        if not isinstance(self.source_embed, Embedding):
+            raise TypeError(
+                f"Seq2Seq: source_embed must be a seqjax.Embedding; got {self.source_embed!r}"
+            )
+        check_parts(self, "Seq2Seq")
+        if not isinstance(self.decoder, ConditionedGenerator):
+            raise TypeError(
+                f"Seq2Seq: decoder must be a ConditionedGenerator; got {self.decoder!r}"
+            )
         if self.source_embed.features != self.encoder.input_size:
             raise ValueError(
                 "Seq2Seq: source_embed.features must equal the encoder's input_size "
@@ -104,7 +114,9 @@ class Seq2Seq:
     ) -> Array:
         """The summary ``[*B, C]`` of each source ``[S, *B]`` that conditions the decoder."""
         source = ids_time_major("source", source, time_axis, "Seq2Seq")
-        source_lengths = check_lengths(source_lengths, source.shape[1:], source.shape[0], "Seq2Seq")
+        source_lengths = check_lengths(
+            source_lengths, source.shape[1:], source.shape[0], "Seq2Seq", "source_lengths"
+        )
         xs = self.source_embed(params.source_embed, source)
         _, ys = run_encoder(self.encoder, params.encoder, xs, source_lengths, self.options)
         if self.pool is None:

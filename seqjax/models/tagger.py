@@ -14,6 +14,7 @@ from seqjax.layers import Dense, DenseParams, Embedding
 from seqjax.losses import cross_entropy
 from seqjax.models._common import (
     check_lengths,
+    check_parts,
     ids_time_major,
     output_size,
     run_encoder,
@@ -66,6 +67,7 @@ class SequenceTagger:
 
     def __post_init__(self):
         _checks.sizes(self, ("num_tags",), "SequenceTagger")
+        check_parts(self, "SequenceTagger")
         if self.embed is not None and self.embed.features != self.encoder.input_size:
             raise ValueError(
                 "SequenceTagger: embed.features must equal the encoder's input_size "
@@ -102,7 +104,7 @@ class SequenceTagger:
         time_axis: int = 0,
     ) -> Array:
         """Mean cross-entropy (nats) over valid steps of integer ``tags`` ``[T, *B]``."""
+        tags = ids_time_major("tags", tags, time_axis, "SequenceTagger.loss")  # before running
         logits = jnp.moveaxis(self(params, xs, lengths, time_axis=time_axis), time_axis, 0)
-        tags = ids_time_major("tags", tags, time_axis, "SequenceTagger.loss")
         mask = step_mask(lengths, logits.shape[0], logits.shape[1:-1])
         return cross_entropy(logits, tags, mask)
