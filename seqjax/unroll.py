@@ -60,6 +60,7 @@ class UnrollOptions:
 def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str):
     """Check arguments; return time-major xs, the carry, lengths, and the original axis."""
     xs = _checks.floating_array("xs", xs, where)
+    shape = xs.shape  # the caller's layout, for the hints of the checks below
     axis = _checks.time_axis_of("xs", xs.shape, time_axis, where)
     _checks.feature_size("xs", xs.shape, cell.input_size, where)
     xs = jnp.moveaxis(xs, axis, 0)
@@ -84,7 +85,9 @@ def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str)
         if got != [out.dtype for out in jax.tree.leaves(stepped)]:
             raise TypeError(message)
     if lengths is not None:
-        lengths = _checks.lengths_array(lengths, batch_shape, num_steps, where)
+        lengths = _checks.lengths_array(
+            lengths, batch_shape, num_steps, where, xs_shape=shape, time_axis=axis
+        )
     return xs, carry, lengths, axis
 
 
