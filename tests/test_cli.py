@@ -276,7 +276,7 @@ def test_resume_continues_the_saved_run_and_says_what_it_changed(
     assert model.config.max_bytes == 2_000_000 and model.config.hidden_size == 16
     assert model.config.learning_rate == 0.001 and int(state.step) == 15
     # The plain lines of a log: rate, ETA and the running held-out figure.
-    assert re.search(r"step 15/15 \(100%\): loss .* held-out \d\.\d+ bpc", out)
+    assert re.search(r"step 15/15 \(100%\): loss .* held-out \(all\) \d\.\d+ bpc", out)
     assert re.search(r"updates/s \([\d,]+ chars/s\), ETA \d+:\d\d", out) or "compiling" in out
     # --resume alone continues with everything saved, here with nothing left to do.
     assert cli.main(["train-charlm", "--checkpoint-dir", str(directory), "--resume"]) == 0
@@ -469,16 +469,18 @@ def test_progress_on_a_terminal_is_a_bar_with_rate_eta_and_held_out(monkeypatch)
         def isatty(self):
             return True
 
+    monkeypatch.setenv("COLUMNS", "120")  # a terminal that reports its size
+    monkeypatch.setenv("LINES", "40")
     stream = Terminal()
     bar = char_lm.Progress(100, 0, chars_per_update=256, stream=stream)
     for step in range(10, 101, 10):
         if bar.due(step):
-            bar.held_out(2.5)
+            bar.held_out(2.5, "first 8 KiB")
         bar.update(step, 1.5, 0.3)
     bar.write("saved checkpoint step 100")
     bar.close()
     text = stream.getvalue()
-    assert "100/100" in text and "upd/s" in text and "held-out 2.500 bpc" in text
+    assert "100/100" in text and "upd/s" in text and "held-out (first 8 KiB) 2.500 bpc" in text
     assert "saved checkpoint step 100" in text
     assert re.search(r"<\d\d:\d\d", text)  # tqdm's ETA
 

@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -576,10 +577,16 @@ class Progress:
         self.warm: tuple[int, float] | None = None  # (step, time) after the first call
         self.last_report = start
         self.held_out_bpc: float | None = None
+        self.held_out_label = ""
         self.bar = None
-        if self.stream.isatty():
-            from tqdm import tqdm
-
+        tqdm = None
+        # A terminal that reports no size (some ptys) would get an empty bar: lines instead.
+        if self.stream.isatty() and shutil.get_terminal_size((0, 0)).columns > 0:
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a dependency, but a broken environment still gets lines
+                pass
+        if tqdm is not None:
             self.bar = tqdm(
                 total=total,
                 initial=start,
@@ -606,7 +613,7 @@ class Progress:
             self.warm = (step, time.perf_counter())
         figures = f"loss {loss:.3f} ({bits_per_char(loss):.3f} bpc)"
         if self.held_out_bpc is not None:
-            figures += f", held-out {self.held_out_bpc:.3f} bpc"
+            figures += f", held-out ({self.held_out_label}) {self.held_out_bpc:.3f} bpc"
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(figures, refresh=True)
@@ -615,9 +622,10 @@ class Progress:
         if self.due(step):
             self.last_report = step
 
-    def held_out(self, bpc: float) -> None:
-        """The running held-out figure, shown from the next update on."""
-        self.held_out_bpc = bpc
+    def held_out(self, bpc: float, label: str = "") -> None:
+        """The running held-out figure (of the part named by ``label``), shown from the
+        next update on."""
+        self.held_out_bpc, self.held_out_label = bpc, label
 
     def _line(self, step: int, figures: str, grad_norm: float) -> str:
         elapsed = time.perf_counter() - self.began
@@ -784,7 +792,9 @@ def train_loop(
             if bar is not None:
                 if bar.due(step):
                     held = corpus.held_out[:RUNNING_EVAL_BYTES]
-                    bar.held_out(evaluate(model, state.params, held))
+                    whole = len(held) == len(corpus.held_out)
+                    label = "all" if whole else f"first {len(held) // 1024} KiB"
+                    bar.held_out(evaluate(model, state.params, held), label)
                 bar.update(step, history[-1]["loss"], history[-1]["grad_norm"])
             if every is not None and (step % every == 0 or step == steps):
                 saved = _save(checkpoint_dir, state, config, say)
