@@ -124,9 +124,18 @@ def time_axis_of(name: str, shape: tuple[int, ...], time_axis: int, where: str) 
 
 def feature_size(name: str, shape: tuple[int, ...], expected: int, where: str) -> None:
     if shape[-1] != expected:
+        hint = ""
+        others = [i for i, size in enumerate(shape[:-1]) if size == expected]
+        if others:  # channels-first data: the features are there, on another axis
+            hint = (
+                f"; axis {others[-1]} has {expected} entries: if those are the features, move "
+                f"them last with jnp.moveaxis({name}, {others[-1]}, -1)"
+            )
+        elif expected == 1:
+            hint = f"; for one feature per step, add a last axis of size 1: {name}[..., None]"
         raise ValueError(
             f"{where}: {name} must have {expected} features in its last axis (the cell's "
-            f"input_size); got shape {shape}"
+            f"input_size); got shape {shape}{hint}"
         )
 
 
@@ -147,7 +156,14 @@ def valid_steps(lengths, num_steps: int) -> jax.Array:
 
 
 def lengths_array(
-    lengths, batch_shape: tuple[int, ...], num_steps: int, where: str, name: str = "lengths"
+    lengths,
+    batch_shape: tuple[int, ...],
+    num_steps: int,
+    where: str,
+    name: str = "lengths",
+    *,
+    xs_shape: tuple[int, ...] | None = None,
+    time_axis: int = 0,
 ) -> jax.Array:
     """Check per-sequence lengths (the argument ``name``): integer, shape ``batch_shape``,
     values in [0, T].
@@ -155,6 +171,8 @@ def lengths_array(
     Concrete lengths outside ``[0, T]`` raise. Traced ones (under ``jit``) cannot be checked,
     so they are clipped to ``[0, T]``: every consumer (``unroll``, ``last_valid``,
     ``mean_valid``, the losses) then reads a length past ``T`` as ``T`` and a negative one as 0.
+    Given the caller's ``xs_shape`` and ``time_axis``, a failure names the other time axis
+    that the lengths would fit (batch-major data passed as time-major).
     """
     traced = isinstance(lengths, jax.core.Tracer)
     if not traced:
@@ -162,7 +180,7 @@ def lengths_array(
         if host.size and (host.min() < 0 or host.max() > num_steps):
             raise ValueError(
                 f"{where}: {name} must lie in [0, T] = [0, {num_steps}]; got values from "
-                f"{host.min()} to {host.max()}"
+                f"{host.min()} to {host.max()}" + _time_axis_hint(lengths, xs_shape, time_axis)
             )
     lengths = jnp.asarray(lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
@@ -171,11 +189,39 @@ def lengths_array(
         raise ValueError(
             f"{where}: {name} must have the batch shape of xs, {batch_shape}; "
             f"got shape {lengths.shape}"
+            + _time_axis_hint(lengths if traced else host, xs_shape, time_axis)
         )
     lengths = wide_int(lengths)
     if traced:
         lengths = jnp.clip(lengths, 0, num_steps).astype(lengths.dtype)
     return lengths
+
+
+def _time_axis_hint(lengths, xs_shape: tuple[int, ...] | None, time_axis: int) -> str:
+    """ "; did you mean time_axis=a?" when ``lengths`` fit xs read with time on axis ``a``:
+    their shape is the batch shape that leaves, and (when known) every value is in
+    ``[0, xs_shape[a]]``."""
+    if xs_shape is None:
+        return ""
+    known = None if isinstance(lengths, jax.core.Tracer) else np.asarray(lengths)
+    for axis in range(len(xs_shape) - 1):
+        if axis == time_axis:
+            continue
+        batch = tuple(size for i, size in enumerate(xs_shape[:-1]) if i != axis)
+        if tuple(np.shape(lengths)) != batch:
+            continue
+        if (
+            known is not None
+            and known.size
+            and not 0 <= known.min() <= known.max() <= xs_shape[axis]
+        ):
+            continue
+        return (
+            f"; did you mean time_axis={axis}? Read with time_axis={axis}, xs of shape "
+            f"{tuple(xs_shape)} has T = {xs_shape[axis]} steps and batch shape {batch}, which "
+            f"these lengths fit (PyTorch's batch_first=True layout is time_axis=1)"
+        )
+    return ""
 
 
 def carry_matches(carry, expected, where: str) -> None:

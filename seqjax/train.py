@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from seqjax import _checks
@@ -59,7 +60,8 @@ def default_optimizer(
     (Float32 and wider parameters are untouched: the recipe is then exactly optax's.)
 
     Args:
-        learning_rate: Adam's step size, a positive finite number (or an optax schedule).
+        learning_rate: Adam's step size, a positive finite number (or an optax schedule, or
+            a traced scalar, e.g. read from a training state under ``jit``).
         max_norm: rescale the gradient when its global L2 norm exceeds this (Pascanu et
             al., 2013); None turns it off.
         max_value: clip every gradient entry to ``[-max_value, max_value]`` first; off
@@ -77,8 +79,16 @@ def default_optimizer(
     for name, bound in (("max_value", max_value), ("max_norm", max_norm)):
         if bound is not None:
             _checks.positive_number(name, bound, where)
-    if not callable(learning_rate):
-        rate = _checks.positive_number("learning_rate", learning_rate, where)
+    if isinstance(learning_rate, jax.core.Tracer):  # a step size read from a traced state
+        if jnp.shape(learning_rate) != () or not jnp.issubdtype(learning_rate.dtype, jnp.floating):
+            raise ValueError(
+                f"{where}: learning_rate must be a scalar float; got {learning_rate.aval}"
+            )
+    elif not callable(learning_rate):
+        value = learning_rate
+        if isinstance(value, jax.Array | np.ndarray) and np.shape(value) == ():
+            value = value.item()  # a concrete scalar array: checked by its value
+        rate = _checks.positive_number("learning_rate", value, where)
         if rate == float("inf"):
             raise ValueError(f"{where}: learning_rate must be finite; got {learning_rate!r}")
     if max_value is not None:

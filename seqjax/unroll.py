@@ -71,6 +71,7 @@ def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str)
     """Check arguments; return time-major xs, the carry, lengths, and the original axis."""
     _check_cell(cell, where)
     xs = _checks.floating_array("xs", xs, where)
+    shape = xs.shape  # the caller's layout, for the hints of the checks below
     axis = _checks.time_axis_of("xs", xs.shape, time_axis, where)
     _checks.feature_size("xs", xs.shape, cell.input_size, where)
     cell.check_params(params, where)
@@ -96,7 +97,9 @@ def _prepare(cell: Cell, params, xs, carry, lengths, time_axis: int, where: str)
         if got != [out.dtype for out in jax.tree.leaves(stepped)]:
             raise TypeError(message)
     if lengths is not None:
-        lengths = _checks.lengths_array(lengths, batch_shape, num_steps, where)
+        lengths = _checks.lengths_array(
+            lengths, batch_shape, num_steps, where, xs_shape=shape, time_axis=axis
+        )
     return xs, carry, lengths, axis
 
 

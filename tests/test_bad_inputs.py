@@ -647,6 +647,10 @@ case("optimizer-learning-rate", "default_optimizer", "learning_rate", "a positiv
 case("optimizer-learning-rate-inf", "default_optimizer", "learning_rate", "finite",
      lambda: sj.default_optimizer(float("inf")),
      match=r"default_optimizer: learning_rate must be finite; got inf")
+case("optimizer-learning-rate-traced", "default_optimizer", "learning_rate",
+     "a scalar float when traced",
+     lambda: jax.jit(lambda r: sj.default_optimizer(r).init(jnp.zeros(2)))(jnp.ones(2)),
+     match=r"default_optimizer: learning_rate must be a scalar float; got float\d+\[2\]")
 case("optimizer-max-norm", "default_optimizer", "max_norm", "a positive number or None",
      lambda: sj.default_optimizer(max_norm=0.0),
      match=r"default_optimizer: max_norm must be a positive number; got 0\.0")

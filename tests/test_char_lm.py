@@ -77,25 +77,26 @@ def test_incompatible_checkpoint_is_refused_and_left_untouched(tmp_path, corpus)
 
 
 @pytest.mark.parametrize(
-    "args, words",
+    "args, words, usage",
     [
-        (["--corpus", "EMPTY"], "is empty"),
-        (["--corpus", "SMALL"], "fewer than one window of 64 steps"),
-        (["--corpus", "SMALL", "--window", "0"], None),  # argparse exits
-        (["--corpus", "MISSING"], "No such file"),
+        (["--corpus", "EMPTY"], "is empty", False),
+        (["--corpus", "SMALL"], "fewer than one window of 64 steps", False),
+        (["--corpus", "SMALL", "--window", "0"], "must be a positive integer", True),
+        (["--corpus", "MISSING"], "no such file", True),
     ],
 )
-def test_cli_reports_bad_input_clearly(tmp_path, capsys, args, words):
+def test_cli_reports_bad_input_clearly(tmp_path, capsys, args, words, usage):
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "small.txt").write_bytes(b"hello world\n" * 20)
     paths = {"EMPTY": "empty.txt", "SMALL": "small.txt", "MISSING": "missing.txt"}
     args = [str(tmp_path / paths[a]) if a in paths else a for a in args]
     directory = tmp_path / "ck"
     argv = ["train-charlm", "--checkpoint-dir", str(directory), *args]
-    if words is None:
+    if usage:  # an option argparse refuses: usage and the reason, status 2
         with pytest.raises(SystemExit) as info:
             cli.main(argv)
-        assert info.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+        assert info.value.code == 2 and words in capsys.readouterr().err
+        assert not directory.exists()
         return
     assert cli.main(argv) == 2
     assert words in capsys.readouterr().err

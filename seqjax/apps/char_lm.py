@@ -2,20 +2,30 @@
 
 Embedding -> stacked recurrent cells -> dense logits over 256 byte values, trained with
 streamed truncated BPTT (:func:`seqjax.train.tbptt_step`) and the default clipped Adam
-recipe, evaluated in bits per character on held-out text, checkpointed with orbax, resumed
-bit for bit, and sampled with temperature / top-k. The ``seqjax train-charlm`` and
-``seqjax sample`` commands and ``examples/char_lm.py`` are thin shells around this module.
+recipe, evaluated in bits per character on held-out text, checkpointed with
+:mod:`seqjax.checkpoint` (verified, locked, resumed bit for bit), and sampled with
+temperature / top-k. The ``seqjax train-charlm`` and ``seqjax sample`` commands and
+``examples/char_lm.py`` are thin shells around this module.
+
+:func:`train_char_lm` is three parts, each a function of its own: :func:`resume_or_start`
+(the state to train from, restored and verified when a checkpoint directory holds a run),
+:func:`train_loop` (the compiled calls, the saves, divergence and stop requests) and
+:class:`Progress` (what the user sees while it runs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import json
 import math
 import os
+import shutil
 import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,13 +42,17 @@ from seqjax.layers import Dense, Embedding, Stack
 
 __all__ = [
     "CELLS",
+    "SETTINGS_FILE",
     "CharLM",
     "CharLMConfig",
     "CharLMParams",
     "Corpus",
+    "DivergedError",
     "Progress",
     "TrainState",
+    "auto_devices",
     "bits_per_char",
+    "call_sizes",
     "device_mesh",
     "evaluate",
     "generate_text",
@@ -48,7 +62,12 @@ __all__ = [
     "new_state",
     "place_state",
     "place_windows",
+    "printable",
+    "read_settings",
+    "resume_or_start",
+    "sample_bytes",
     "train_char_lm",
+    "train_loop",
 ]
 
 CELLS = BY_NAME  #: The cells ``--cell`` chooses from, :data:`seqjax.cells.BY_NAME`.
@@ -56,7 +75,8 @@ CELLS = BY_NAME  #: The cells ``--cell`` chooses from, :data:`seqjax.cells.BY_NA
 
 @dataclass(frozen=True)
 class CharLMConfig:
-    """Everything that defines a run; all of it is saved with each checkpoint.
+    """Everything that defines a run; all of it but the learning rate is saved with each
+    checkpoint (:meth:`meta`) and fixed for the life of the run.
 
     Attributes:
         cell: ``"lstm"``, ``"gru"`` or ``"elman"``.
@@ -66,11 +86,13 @@ class CharLMConfig:
         batch_size: parallel streams ``B`` the corpus is cut into.
         window: ``k1``, steps per update; ``backprop``: ``k2 >= k1`` steps backpropagated
             (None: ``k1``).
-        learning_rate: the default optimizer's Adam step size.
-        max_norm: the default optimizer's gradient clipping norm.
+        learning_rate: Adam's step size at the start of the run. It lives in the training
+            state (:attr:`TrainState.learning_rate`), so that a resumed run may change it.
+        max_norm: the default optimizer's clipping norm.
         held_out: fraction of the corpus kept for evaluation (its tail).
         eval_bytes: at most this many held-out bytes are evaluated.
-        corpus: a text file, or None for the Python standard library's source.
+        corpus: a file (read as bytes, any content), or None for the Python standard
+            library's source.
         max_bytes: read at most this many bytes of the corpus (None: all).
         seed: the run's PRNG seed.
     """
@@ -95,22 +117,59 @@ class CharLMConfig:
             raise ValueError(
                 f"CharLMConfig: cell must be one of {sorted(CELLS)}; got {self.cell!r}"
             )
-        for name in ("hidden_size", "num_layers", "embed_size", "batch_size", "window"):
+        for name in (
+            "hidden_size", "num_layers", "embed_size", "batch_size", "window", "eval_bytes"
+        ):  # fmt: skip
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"CharLMConfig: {name} must be a positive int; got {value!r}")
-        if self.backprop is not None and self.backprop < self.window:
+        if self.backprop is not None and (
+            not _is_int(self.backprop) or self.backprop < self.window
+        ):
             raise ValueError(
-                f"CharLMConfig: backprop (k2) must be >= window (k1) = {self.window}; "
-                f"got {self.backprop}"
+                f"CharLMConfig: backprop (k2) must be an int >= window (k1) = {self.window}; "
+                f"got {self.backprop!r}"
             )
+        for name in ("learning_rate", "max_norm"):
+            _check_step_size(name, getattr(self, name), "CharLMConfig")
+        if not 0.0 < self.held_out < 1.0:
+            raise ValueError(f"CharLMConfig: held_out must lie in (0, 1); got {self.held_out!r}")
+        if self.max_bytes is not None and (not _is_int(self.max_bytes) or self.max_bytes < 1):
+            raise ValueError(
+                f"CharLMConfig: max_bytes must be None or a positive int; got {self.max_bytes!r}"
+            )
+        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+            # jax.random.key keeps 32 bits of a seed without x64: 2**32 would repeat seed 0.
+            raise ValueError(f"CharLMConfig: seed must be an int in [0, 2**32); got {self.seed!r}")
 
     @property
     def k2(self) -> int:
         return self.window if self.backprop is None else self.backprop
 
     def meta(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The checkpoint's record of the run: every field but ``learning_rate``."""
+        meta = dataclasses.asdict(self)
+        del meta["learning_rate"]
+        return meta
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _check_step_size(name: str, value, where: str) -> float:
+    """A learning rate or clipping norm: a finite number > 0 (NaN trains to NaN silently)."""
+    real = isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    if not real or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{where}: {name} must be a finite number > 0; got {value!r}")
+    return float(value)
+
+
+def _as_python_float(value) -> float:
+    """A float32 scalar as the shortest Python float that rounds to it (0.003, not
+    0.0030000000260770321), so that a learning rate read back from a state compares equal
+    to the one the user typed."""
+    return float(str(np.float32(value)))
 
 
 class CharLMParams(NamedTuple):
@@ -183,6 +242,7 @@ class TrainState(NamedTuple):
     carry: tuple  # the streams' state after the last window
     step: Array  # [] int32: updates done, which is also the position in the data
     key: Array  # [2] uint32: the run's PRNG key data (dropout, sampling)
+    learning_rate: Array  # [] float32: Adam's step size for the next updates
 
 
 def bits_per_char(loss_nats: float) -> float:
@@ -234,27 +294,39 @@ def _windows(config: CharLMConfig, streams: np.ndarray, first: int, count: int):
     return xs.astype(np.int32), ys.astype(np.int32), resets
 
 
-def new_state(model: CharLM) -> TrainState:
+def new_state(model: CharLM, learning_rate: float | None = None) -> TrainState:
     """The training state before the first update: params, optimizer state, carry and key,
-    all drawn from the config's seed."""
-    key = jax.random.key(model.config.seed)
+    all drawn from the config's seed, and the learning rate (the config's when None)."""
+    config = model.config
+    learning_rate = config.learning_rate if learning_rate is None else learning_rate
+    learning_rate = _check_step_size("learning_rate", learning_rate, "new_state")
+    key = jax.random.key(config.seed)
     params = model.init(jax.random.fold_in(key, 0))
-    optimizer = train.default_optimizer(model.config.learning_rate, max_norm=model.config.max_norm)
     return TrainState(
         params=params,
-        opt_state=optimizer.init(params),
-        carry=model.init_carry((model.config.batch_size,)),
+        opt_state=_optimizer(config, learning_rate).init(params),
+        carry=model.init_carry((config.batch_size,)),
         step=jnp.zeros((), jnp.int32),
         key=jax.random.key_data(key),
+        learning_rate=jnp.asarray(learning_rate, jnp.float32),
     )
+
+
+def _optimizer(config: CharLMConfig, learning_rate):
+    # Adam's state does not depend on its step size, so the step size can be a traced value
+    # read from the state: a resumed run may change it without recompiling, and the update
+    # is bit for bit the one with the same step size as a Python float.
+    return train.default_optimizer(learning_rate, max_norm=config.max_norm)
 
 
 @functools.lru_cache(maxsize=8)
 def make_chunk_fn(model: CharLM, mesh: jax.sharding.Mesh | None = None) -> Callable:
     """A jitted function running a chunk of windows ``[C, k2, B]`` as one ``lax.scan``.
 
-    Cached per model and mesh, so that runs of one configuration (a resumed run, a run
-    continued) reuse its compiled calls.
+    ``run(state, windows) -> (state, metrics)``, with Adam's step size read from
+    ``state.learning_rate``. Cached per model and mesh, so that runs of one configuration
+    (a resumed run, a run continued) reuse its compiled calls; each chunk length ``C``
+    compiles once.
 
     With a ``mesh`` of several devices (:func:`device_mesh`), the streams are split over it
     (:func:`seqjax.sharding.shard_map_tbptt_scan`): each device runs its ``B / n`` streams
@@ -263,12 +335,11 @@ def make_chunk_fn(model: CharLM, mesh: jax.sharding.Mesh | None = None) -> Calla
     Pass it a state from :func:`place_state` and windows from :func:`place_windows`.
     """
     config = model.config
-    optimizer = train.default_optimizer(config.learning_rate, max_norm=config.max_norm)
     if mesh is None or mesh.size == 1:
         loss_fn = train.window_loss(model, losses.cross_entropy, k1=config.window, k2=config.k2)
-        step = train.tbptt_step(loss_fn, optimizer)
 
-        def scan(params, opt_state, carry, windows):
+        def scan(optimizer, params, opt_state, carry, windows):
+            step = train.tbptt_step(loss_fn, optimizer)
             return train.tbptt_scan(step, params, opt_state, carry, windows)
 
     else:
@@ -284,17 +355,58 @@ def make_chunk_fn(model: CharLM, mesh: jax.sharding.Mesh | None = None) -> Calla
             count = config.window * math.prod(window[1].shape[1:])
             return total, (jnp.asarray(count, total.dtype), next_carry)
 
-        scan = sharding.shard_map_tbptt_scan(local_loss, optimizer, mesh)
+        def scan(optimizer, params, opt_state, carry, windows):
+            run = sharding.shard_map_tbptt_scan(local_loss, optimizer, mesh)
+            return run(params, opt_state, carry, windows)
 
     @jax.jit
     def run(state: TrainState, windows):
+        optimizer = _optimizer(config, state.learning_rate)
         params, opt_state, carry, metrics = scan(
-            state.params, state.opt_state, state.carry, windows
+            optimizer, state.params, state.opt_state, state.carry, windows
         )
         count = jnp.asarray(windows[0].shape[0], jnp.int32)
-        return TrainState(params, opt_state, carry, state.step + count, state.key), metrics
+        return state._replace(
+            params=params, opt_state=opt_state, carry=carry, step=state.step + count
+        ), metrics
 
     return run
+
+
+# --devices auto on CPU uses at most this many host devices. Measured on 2 cores only (1.3x
+# the updates/s of one device at the default sizes: benchmarks/char_lm_vs_torch.py); the cap
+# keeps a many-core machine from cutting 32 streams into 32 one-stream devices, where each
+# device's matmul would be too small to pay for the gradient sum across devices.
+MAX_HOST_DEVICES = 8
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (``taskset`` and container limits respected)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def auto_devices(batch_size: int, platform: str = "cpu", cores: int | None = None) -> int:
+    """The device count of ``--devices auto``: one accelerator; on CPU, host devices.
+
+    One XLA:CPU device runs each time step's matmul on every core but the rest of the step
+    (gates, the loss, the optimizer) on one thread, so a char-LM update uses ~1.3 of 2
+    cores; split over host devices, each device runs its share of the streams on its own
+    core. On CPU this is the largest count that divides ``batch_size`` and is at most the
+    usable cores and :data:`MAX_HOST_DEVICES`; on a GPU or TPU it is 1 (one chip runs 32
+    streams at once, and splitting them would only add the gradient sum).
+
+    Example:
+        >>> auto_devices(32, cores=2), auto_devices(6, cores=4), auto_devices(32, "gpu")
+        (2, 3, 1)
+    """
+    if platform != "cpu":
+        return 1
+    cores = usable_cores() if cores is None else cores
+    limit = max(1, min(cores, MAX_HOST_DEVICES, batch_size))
+    return max(d for d in range(1, limit + 1) if batch_size % d == 0)
 
 
 def device_mesh(devices: int, batch_size: int) -> jax.sharding.Mesh | None:
@@ -353,6 +465,43 @@ def evaluate(model: CharLM, params: CharLMParams, held_out: np.ndarray, streams:
     return bits_per_char(float(_eval_loss(model, params, jnp.asarray(ids))))
 
 
+def sample_bytes(
+    model: CharLM,
+    params: CharLMParams,
+    prompt: str | bytes,
+    num_bytes: int,
+    key: PRNGKey,
+    *,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+) -> bytes:
+    """``num_bytes`` bytes sampled after ``prompt`` (text as UTF-8, or bytes as they are);
+    ``temperature=0``: greedy. Arguments are checked before the model runs."""
+    if isinstance(prompt, str):
+        prompt = prompt.encode("utf-8")
+    if not isinstance(prompt, bytes | bytearray):
+        raise TypeError(f"sample_bytes: prompt must be str or bytes; got {type(prompt).__name__}")
+    if not _is_int(num_bytes) or num_bytes < 0:
+        raise ValueError(f"sample_bytes: num_bytes must be an int >= 0; got {num_bytes!r}")
+    if num_bytes == 0:
+        return b""
+    ids = np.frombuffer(bytes(prompt) or b"\n", np.uint8).astype(np.int32)
+    carry = model.init_carry(())
+    if len(ids) > 1:
+        carry, _ = model(params, carry, jnp.asarray(ids[:-1]))
+    _, tokens = generate.sample(
+        model.step,
+        params,
+        carry,
+        jnp.asarray(ids[-1]),
+        key,
+        num_bytes,
+        temperature=temperature,
+        top_k=top_k,
+    )
+    return bytes(np.asarray(tokens).astype(np.uint8).tolist())
+
+
 def generate_text(
     model: CharLM,
     params: CharLMParams,
@@ -363,118 +512,436 @@ def generate_text(
     temperature: float = 0.8,
     top_k: int | None = None,
 ) -> str:
-    """Continue ``prompt`` by ``num_chars`` sampled bytes (``temperature=0``: greedy)."""
-    ids = data.encode(prompt or "\n").astype(np.int32)
-    carry = model.init_carry(())
-    if len(ids) > 1:
-        carry, _ = model(params, carry, jnp.asarray(ids[:-1]))
-    _, tokens = generate.sample(
-        model.step,
-        params,
-        carry,
-        jnp.asarray(ids[-1]),
-        key,
-        num_chars,
-        temperature=temperature,
-        top_k=top_k,
-    )
-    return data.decode(np.asarray(tokens))
+    """Continue ``prompt`` by ``num_chars`` sampled bytes, as text (invalid UTF-8 as U+FFFD;
+    :func:`sample_bytes` gives the bytes, :func:`printable` a form safe for a terminal)."""
+    out = sample_bytes(model, params, prompt, num_chars, key, temperature=temperature, top_k=top_k)
+    return data.decode(np.frombuffer(out, np.uint8))
+
+
+def printable(raw: bytes) -> str:
+    r"""``raw`` as text safe to print on a terminal: UTF-8 characters that print as
+    themselves, newlines and tabs are kept; every other byte (control codes, terminal escape
+    sequences, invalid UTF-8) is written ``\xNN``, and a backslash ``\\``, so the output
+    stays unambiguous.
+
+    Example:
+        >>> print(printable(b"caf\xc3\xa9 \x1b[2J \x00\xff \\"))
+        café \x1b[2J \x00\xff \\
+    """
+    out = []
+    for char in raw.decode("utf-8", errors="surrogateescape"):
+        if char == "\\":
+            out.append("\\\\")
+        elif char in "\n\t" or char.isprintable():  # an undecodable byte is not printable
+            out.append(char)
+        else:
+            out.append("".join(f"\\x{b:02x}" for b in char.encode("utf-8", "surrogateescape")))
+    return "".join(out)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 class Progress:
-    """One status line: rewritten in place on a terminal, printed every few updates elsewhere."""
+    """What a run shows while it trains: a tqdm bar on a terminal, plain lines elsewhere.
 
-    def __init__(self, total: int, stream=None):
-        self.total, self.stream = total, stream or sys.stdout
-        self.tty = self.stream.isatty()
-        self.start = time.perf_counter()
+    On a terminal the bar shows updates done of the total, updates/s, elapsed time and
+    ETA (tqdm's, smoothed), and after it the last loss and the running held-out figure; the
+    lines of :meth:`write` (checkpoints saved) print above it. Elsewhere (a CI log, a
+    file) it prints one line at each tenth of the run, with the rate and ETA measured after
+    the first call (which includes compiling).
 
-    def __call__(self, step: int, loss: float, grad_norm: float, chars: int):
-        elapsed = time.perf_counter() - self.start
-        done = int(30 * step / max(self.total, 1))
-        line = (
-            f"[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} "
-            f"loss {loss:.3f} ({bits_per_char(loss):.3f} bpc) |grad| {grad_norm:.2f} "
-            f"{chars / max(elapsed, 1e-9):,.0f} chars/s"
+    Args:
+        total: the update the run ends at.
+        start: the update it starts from (a resumed run's step).
+        chars_per_update: bytes read per update (streams x window), for chars/s.
+        stream: where to write (stdout by default).
+        log: how plain lines are written (``print`` to ``stream`` by default).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        start: int = 0,
+        *,
+        chars_per_update: int = 0,
+        stream=None,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.total, self.start, self.chars_per_update = total, start, chars_per_update
+        self.stream = stream or sys.stdout
+        self.log = log or (lambda line: print(line, file=self.stream, flush=True))
+        self.every = max(1, (total - start) // 10)
+        self.began = time.perf_counter()
+        self.warm: tuple[int, float] | None = None  # (step, time) after the first call
+        self.last_report = start
+        self.held_out_bpc: float | None = None
+        self.held_out_label = ""
+        self.bar = None
+        progress_bar: Any = None
+        # A terminal that reports no size (some ptys) would get an empty bar: lines instead.
+        if self.stream.isatty() and shutil.get_terminal_size((0, 0)).columns > 0:
+            try:
+                import tqdm
+
+                progress_bar = tqdm.tqdm
+            except ImportError:  # a dependency, but a broken environment still gets lines
+                pass
+        if progress_bar is not None:
+            self.bar = progress_bar(
+                total=total,
+                initial=start,
+                unit="upd",
+                file=self.stream,
+                dynamic_ncols=True,
+                smoothing=0.1,
+                leave=True,
+            )
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` ends a tenth of the run (a report and a held-out figure are due)."""
+        return step // self.every > self.last_report // self.every or step == self.total
+
+    def rate(self, step: int) -> float | None:
+        """Updates per second since the first call ended (None before a second call)."""
+        if self.warm is None or step <= self.warm[0]:
+            return None
+        return (step - self.warm[0]) / max(time.perf_counter() - self.warm[1], 1e-9)
+
+    def update(self, step: int, loss: float, grad_norm: float) -> None:
+        """Record that the run reached ``step`` with this mean loss (nats) and gradient norm."""
+        if self.warm is None:
+            self.warm = (step, time.perf_counter())
+        figures = f"loss {loss:.3f} ({bits_per_char(loss):.3f} bpc)"
+        if self.held_out_bpc is not None:
+            figures += f", held-out ({self.held_out_label}) {self.held_out_bpc:.3f} bpc"
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix_str(figures, refresh=True)
+        elif self.due(step):
+            self.log(self._line(step, figures, grad_norm))
+        if self.due(step):
+            self.last_report = step
+
+    def held_out(self, bpc: float, label: str = "") -> None:
+        """The running held-out figure (of the part named by ``label``), shown from the
+        next update on."""
+        self.held_out_bpc, self.held_out_label = bpc, label
+
+    def _line(self, step: int, figures: str, grad_norm: float) -> str:
+        elapsed = time.perf_counter() - self.began
+        rate = self.rate(step)
+        if rate is None:
+            speed = "first call (compiling)"
+        else:
+            eta = (self.total - step) / rate
+            speed = (
+                f"{rate:.1f} updates/s ({rate * self.chars_per_update:,.0f} chars/s), "
+                f"ETA {_clock(eta)}"
+            )
+        share = 100 * step / max(self.total, 1)
+        return (
+            f"step {step}/{self.total} ({share:.0f}%): {figures}, |grad| {grad_norm:.2f}; "
+            f"{speed}; elapsed {_clock(elapsed)}"
         )
-        print(
-            ("\r" + line) if self.tty else line,
-            end="" if self.tty else "\n",
-            file=self.stream,
-            flush=True,
-        )
 
-    def close(self):
-        if self.tty:
-            print(file=self.stream)
+    def write(self, line: str) -> None:
+        """Print a line (a checkpoint saved) without breaking the bar."""
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            self.log(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class DivergedError(ValueError):
+    """Training produced a NaN or Inf loss, gradient or state; nothing of it was saved."""
+
+
+# The running held-out figure reads this much of the held-out text (its start, in the same
+# 16 streams as :func:`evaluate`): at the default sizes it takes ~0.2 s, where the whole
+# 64 KiB takes ~1.8 s, and it is evaluated ten times per run.
+RUNNING_EVAL_BYTES = 8192
+
+
+def call_sizes(first: int, last: int, chunk: int, every: int | None = None) -> Iterator[int]:
+    """The windows per compiled call from update ``first`` to update ``last``.
+
+    ``chunk`` windows at a time, each run of calls cut at the multiples of ``every`` (the
+    checkpoints), so that every save falls between two calls: a run with ``every=500``
+    makes calls of 25, ``every=20`` calls of 20, ``every=30`` calls of 25 and 5. Each
+    distinct size compiles once; the updates do not depend on how they are grouped into
+    calls (tested bit for bit), so a resumed run may group them differently.
+
+    Example:
+        >>> list(call_sizes(0, 70, 25, every=30)), list(call_sizes(40, 70, 25))
+        ([25, 5, 25, 5, 10], [25, 5])
+    """
+    step = first
+    while step < last:
+        boundary = last if every is None else min(last, (step // every + 1) * every)
+        size = min(chunk, boundary - step)
+        yield size
+        step += size
+
+
+def _save(directory: str, state: TrainState, config: CharLMConfig, say) -> int:
+    step = int(state.step)
+    began = time.perf_counter()
+    try:
+        checkpoint.save(directory, step, state, config.meta())
+    except checkpoint.NonFiniteStateError as err:
+        raise DivergedError(f"training diverged before step {step}: {err}") from err
+    say(f"saved checkpoint step {step} in {directory} ({time.perf_counter() - began:.1f} s)")
+    return step
+
+
+def resume_or_start(
+    model: CharLM,
+    mesh: jax.sharding.Mesh | None = None,
+    checkpoint_dir: str | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> tuple[TrainState, int | None]:
+    """The state to train from: the newest good checkpoint in ``checkpoint_dir`` when it
+    holds one (verified, :func:`seqjax.checkpoint.restore_verified`), else a new state.
+
+    Logs the step loaded and every newer step passed over (and why; those are left in
+    place).
+
+    Returns:
+        ``(state, step)``, placed on ``mesh``; ``step`` is the restored step, or None for a
+        new state.
+    """
+    state = place_state(new_state(model), mesh)
+    if checkpoint_dir is None or checkpoint.latest_step(checkpoint_dir) is None:
+        return state, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", checkpoint.SkippedCheckpointWarning)  # logged below
+        restored = checkpoint.restore_verified(checkpoint_dir, state, model.config.meta())
+    for skipped in restored.skipped:
+        log(f"skipped checkpoint step {skipped.step}, which fails verification: {skipped.reason}")
+    newest = " (the newest that verifies)" if restored.skipped else ""
+    log(f"loaded checkpoint step {restored.step} from {checkpoint_dir}{newest}")
+    return restored.state, restored.step
+
+
+def train_loop(
+    model: CharLM,
+    state: TrainState,
+    corpus: Corpus,
+    steps: int,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int = 500,
+    chunk: int = 25,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    stop: Callable[[], bool] | None = None,
+) -> tuple[TrainState, list[dict[str, float]]]:
+    """Train ``state`` up to update ``steps``; return the state and one record per call.
+
+    Runs the compiled calls of :func:`call_sizes`; saves to ``checkpoint_dir`` (if set) at
+    every multiple of ``checkpoint_every`` and at ``steps``. After each call, ``stop()``
+    (if given) is asked whether to stop early: then the state is saved (if a directory is
+    set and it was not just saved) and returned, at a step below ``steps``.
+
+    Raises:
+        DivergedError: a call's losses, gradient norms or state are not finite. The state
+            of that call is dropped; checkpoints saved before it are kept.
+    """
+    config = model.config
+    run = make_chunk_fn(model, mesh)
+    step = int(state.step)
+    bar = None
+    if progress:
+        bar = Progress(steps, step, chars_per_update=config.window * config.batch_size, log=log)
+    say = bar.write if bar is not None else log
+    saved = None  # the newest step in checkpoint_dir, if it is this state's
+    if checkpoint_dir is not None and checkpoint.latest_step(checkpoint_dir) == step:
+        saved = step
+    every = checkpoint_every if checkpoint_dir is not None else None
+    history: list[dict[str, float]] = []
+    try:
+        for size in call_sizes(step, steps, chunk, every):
+            if stop is not None and stop():
+                break
+            windows = place_windows(_windows(config, corpus.streams, step, size), mesh)
+            new, metrics = run(state, windows)
+            loss, norms = np.asarray(metrics.loss), np.asarray(metrics.grad_norm)
+            if not (np.isfinite(loss).all() and np.isfinite(norms).all()):
+                bad = int(np.argmin(np.isfinite(loss) & np.isfinite(norms)))
+                where = (
+                    f"the newest checkpoint, step {saved}, is kept in {checkpoint_dir}; resume "
+                    "from it with a lower learning rate"
+                    if saved is not None
+                    else "nothing of this run was saved"
+                )
+                raise DivergedError(
+                    f"training diverged at update {step + bad + 1}: loss {loss[bad]}, gradient "
+                    f"norm {norms[bad]} (learning rate {_as_python_float(state.learning_rate)}"
+                    f"); {where}"
+                )
+            state, step = new, step + size
+            history.append(
+                {"step": step, "loss": float(loss.mean()), "grad_norm": float(norms.max())}
+            )
+            if bar is not None:
+                if bar.due(step):
+                    held = corpus.held_out[:RUNNING_EVAL_BYTES]
+                    whole = len(held) == len(corpus.held_out)
+                    label = "all" if whole else f"first {len(held) // 1024} KiB"
+                    bar.held_out(evaluate(model, state.params, held), label)
+                bar.update(step, history[-1]["loss"], history[-1]["grad_norm"])
+            if (
+                checkpoint_dir is not None
+                and every is not None
+                and (step % every == 0 or step == steps)
+            ):
+                saved = _save(checkpoint_dir, state, config, say)
+        if checkpoint_dir is not None and step != saved and step < steps:  # stopped early
+            saved = _save(checkpoint_dir, state, config, say)
+    finally:
+        if bar is not None:
+            bar.close()
+    return state, history
+
+
+@contextlib.contextmanager
+def _writer(checkpoint_dir: str | None):
+    """Hold the checkpoint directory for the whole run (None: nothing to hold)."""
+    if checkpoint_dir is None:
+        yield
+        return
+    checkpoint.check_writable(checkpoint_dir)
+    with checkpoint.CheckpointLock(checkpoint_dir):
+        yield
+
+
+SETTINGS_FILE = "seqjax_run.json"
+
+
+def write_settings(checkpoint_dir: str, settings: dict[str, Any]) -> None:
+    """Record a run's settings (JSON values) beside its checkpoints, atomically."""
+    path = os.path.join(checkpoint_dir, SETTINGS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(settings, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_settings(checkpoint_dir: str) -> dict[str, Any]:
+    """The settings :func:`train_char_lm` recorded in ``checkpoint_dir`` ({} if none)."""
+    try:
+        with open(os.path.join(checkpoint_dir, SETTINGS_FILE)) as f:
+            settings = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def train_char_lm(
     config: CharLMConfig,
     steps: int,
     *,
-    checkpoint_dir: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 500,
     chunk: int = 25,
     devices: int = 1,
+    learning_rate: float | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    stop: Callable[[], bool] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[CharLM, TrainState, list[dict[str, float]]]:
     """Train (or resume) a char-LM for ``steps`` updates in total; return model, state, history.
 
-    With ``checkpoint_dir``, the newest compatible checkpoint there is resumed, and the
-    state is saved every ``checkpoint_every`` updates and at the end. A checkpoint of
-    another configuration raises :class:`seqjax.checkpoint.IncompatibleCheckpointError`
-    before anything is written. Updates run ``chunk`` windows per compiled call, the calls
-    aligned to multiples of ``chunk`` whatever step a run starts from, so that a resumed
-    run repeats the uninterrupted run's calls.
+    With ``checkpoint_dir``: a directory holding a run of another configuration is refused
+    (:class:`seqjax.checkpoint.IncompatibleCheckpointError`) before anything is read or
+    written; the directory is checked writable and locked for the whole run (a second
+    writer gets :class:`seqjax.checkpoint.CheckpointLockedError`); the newest checkpoint
+    that verifies is resumed (:func:`resume_or_start`), and the state is saved every
+    ``checkpoint_every`` updates and at the end (:func:`train_loop`). ``settings`` (JSON
+    values) are written beside the checkpoints as :data:`SETTINGS_FILE` for a later resume
+    (:func:`read_settings`).
 
-    With ``devices > 1`` the streams are split over the first ``devices`` devices
-    (:func:`make_chunk_fn`); ``batch_size`` must be divisible by it. On CPU these are host
-    devices, which must exist before JAX initialises
-    (:func:`seqjax.sharding.use_cpu_devices`). The updates equal the single-device ones up
-    to the order of float sums; checkpoints are the same either way.
+    Updates run ``chunk`` windows per compiled call (:func:`call_sizes`); a resumed run
+    continues bit for bit as the uninterrupted run.
+
+    Args:
+        learning_rate: Adam's step size from here on; None keeps the resumed state's (or
+            ``config.learning_rate`` for a new run). A change on resume is logged.
+        devices: split the streams over the first ``devices`` devices (:func:`make_chunk_fn`);
+            ``batch_size`` must be divisible by it. On CPU these are host devices, which must
+            exist before JAX initialises (:func:`seqjax.sharding.use_cpu_devices`). The
+            updates equal the single-device ones up to the order of float sums; checkpoints
+            are the same either way.
+        stop: asked after every call; True stops the run there (saved, if a directory is
+            set), before ``steps``.
+        progress: show a :class:`Progress` display (lines through ``log``).
+
+    Raises:
+        DivergedError: the loss or the state became NaN or Inf; every checkpoint saved
+            before is kept.
     """
-    if steps < 0:
-        raise ValueError(f"train_char_lm: steps must be >= 0; got {steps}")
-    if checkpoint_every % chunk:
-        raise ValueError(
-            f"train_char_lm: checkpoint_every ({checkpoint_every}) must be a multiple of "
-            f"chunk ({chunk}) so that a resumed run repeats the same compiled calls"
-        )
+    if not _is_int(steps) or steps < 0:
+        raise ValueError(f"train_char_lm: steps must be an int >= 0; got {steps!r}")
+    for name, value in (("checkpoint_every", checkpoint_every), ("chunk", chunk)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"train_char_lm: {name} must be a positive int; got {value!r}")
+    if learning_rate is not None:
+        learning_rate = _check_step_size("learning_rate", learning_rate, "train_char_lm")
     mesh = device_mesh(devices, config.batch_size)
     model = CharLM(config)
+    if checkpoint_dir is not None:
+        checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
+        if os.path.isdir(checkpoint_dir):  # another run's directory: refused, left untouched
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", checkpoint.SkippedCheckpointWarning)
+                checkpoint.check_compatible(checkpoint_dir, config.meta())
+            for warning in caught:
+                log(f"warning: {warning.message}")
     corpus = load(config)
-    state = place_state(new_state(model), mesh)
-    if (
-        checkpoint_dir is not None
-        and checkpoint.check_compatible(checkpoint_dir, config.meta()) is not None
-    ):
-        restored_step, state = checkpoint.restore(checkpoint_dir, state, config.meta())
-        log(f"resumed from {checkpoint_dir} at step {restored_step}")
-    run = make_chunk_fn(model, mesh)
-    bar = Progress(steps) if progress else None
-    history, start_step = [], int(state.step)
-    chars_per_update = config.window * config.batch_size
-    while int(state.step) < steps:
-        first = int(state.step)
-        count = min(chunk - first % chunk, steps - first)  # chunks on multiples of `chunk`
-        windows = place_windows(_windows(config, corpus.streams, first, count), mesh)
-        state, metrics = run(state, windows)
-        loss, grad_norm = float(metrics.loss.mean()), float(metrics.grad_norm.max())
-        history.append({"step": int(state.step), "loss": loss, "grad_norm": grad_norm})
-        if bar:
-            bar(int(state.step), loss, grad_norm, (int(state.step) - start_step) * chars_per_update)
-        done = int(state.step)
-        if checkpoint_dir is not None and (done % checkpoint_every == 0 or done == steps):
-            checkpoint.save(checkpoint_dir, done, state, config.meta())
-    if bar:
-        bar.close()
+    with _writer(checkpoint_dir):
+        state, restored = resume_or_start(model, mesh, checkpoint_dir, log=log)
+        if learning_rate is not None:
+            before = _as_python_float(state.learning_rate)
+            if restored is not None and learning_rate != before:
+                log(f"learning rate {before:g} -> {learning_rate:g} from step {restored} on")
+            rate = jnp.asarray(learning_rate, jnp.float32)
+            state = state._replace(learning_rate=jax.device_put(rate, state.learning_rate.sharding))
+        if settings is not None and checkpoint_dir is not None:
+            write_settings(checkpoint_dir, settings)
+        state, history = train_loop(
+            model,
+            state,
+            corpus,
+            steps,
+            mesh=mesh,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            chunk=chunk,
+            log=log,
+            progress=progress,
+            stop=stop,
+        )
     return model, state, history
 
 
-def load_trained(checkpoint_dir: str) -> tuple[CharLM, TrainState]:
-    """Rebuild the model saved in ``checkpoint_dir`` and restore its newest state."""
+def load_trained(
+    checkpoint_dir: str, *, log: Callable[[str], None] | None = None
+) -> tuple[CharLM, TrainState]:
+    """Rebuild the model saved in ``checkpoint_dir`` and restore its newest good state
+    (``log``, if given, is told which step was loaded and which were skipped)."""
     meta = checkpoint.read_meta(checkpoint_dir)
     try:
         config = CharLMConfig(**meta)
@@ -484,5 +951,6 @@ def load_trained(checkpoint_dir: str) -> tuple[CharLM, TrainState]:
             f"seqjax char-LM's (its meta record: {sorted(meta)}): {err}"
         ) from err
     model = CharLM(config)
-    _, state = checkpoint.restore(checkpoint_dir, new_state(model), config.meta())
-    return model, state
+    state, _ = resume_or_start(model, None, checkpoint_dir, log=log or (lambda _: None))
+    config = dataclasses.replace(config, learning_rate=_as_python_float(state.learning_rate))
+    return CharLM(config), state

@@ -1,187 +1,368 @@
-"""The ``seqjax`` command: ``seqjax train-charlm``, ``seqjax sample`` and ``seqjax bench``."""
+"""The ``seqjax`` commands: ``seqjax train-charlm``, ``seqjax sample`` and ``seqjax bench``.
+
+The options and their checks live in :mod:`seqjax_cli` (outside the package, so that
+``--help`` needs no JAX); this module runs a command once its options are known to be good.
+
+Exit status: 0 on success; 2 for a bad option or input (a one-line message, no traceback);
+1 when training diverges or the library fails unexpectedly (one line; ``SEQJAX_DEBUG=1``
+re-raises for the traceback); 130 after Ctrl-C (SIGINT) and 143 after SIGTERM, once the
+run is saved.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import signal
 import sys
+import threading
+from collections.abc import Callable
+from typing import Any
 
-import seqjax
+import seqjax_cli
 
 __all__ = [
     "main",
+    "run",
 ]
 
-# Defaults of the options --quick changes; an option given explicitly wins over both.
-DEFAULTS = dict(steps=3000, hidden_size=256, embed_size=64, max_bytes=None)
-QUICK = dict(steps=1200, hidden_size=128, embed_size=32, max_bytes=2_000_000)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {value}")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seqjax", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {seqjax.__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    lm = commands.add_parser(
-        "train-charlm",
-        help="train a character-level language model (streamed truncated BPTT)",
-        description="Train a byte-level recurrent language model on a text file (default: "
-        "the Python standard library's source), report held-out bits per character, "
-        "save checkpoints (resuming from the newest) and print a sample.",
-    )
-    lm.add_argument("--corpus", help="text file to model (default: Python's stdlib source)")
-    lm.add_argument("--max-bytes", type=_positive, help="read at most this many bytes")
-    lm.add_argument("--steps", type=_count, help="total updates (default 3000; --quick 1200)")
-    lm.add_argument(
-        "--quick",
-        action="store_true",
-        help="a one-minute run on a laptop CPU: by default 1200 updates, hidden size 128, "
-        "embedding 32, the first 2 MB of the corpus (options given explicitly still apply)",
-    )
-    lm.add_argument("--checkpoint-dir", help="save here; resume from the newest checkpoint")
-    lm.add_argument("--checkpoint-every", type=_positive, default=500)
-    lm.add_argument("--cell", choices=["lstm", "gru", "elman"], default="lstm")  # BY_NAME's keys
-    lm.add_argument("--hidden-size", type=_positive, help="default 256; --quick 128")
-    lm.add_argument("--num-layers", type=_positive, default=1)
-    lm.add_argument("--embed-size", type=_positive, help="default 64; --quick 32")
-    lm.add_argument("--batch-size", type=_positive, default=32, help="parallel streams")
-    lm.add_argument("--window", type=_positive, default=64, help="k1: steps per update")
-    lm.add_argument("--backprop", type=_positive, help="k2 >= k1: steps backpropagated")
-    lm.add_argument("--learning-rate", type=float, default=3e-3)
-    lm.add_argument("--max-norm", type=float, default=1.0, help="gradient clipping norm (> 0)")
-    lm.add_argument("--seed", type=int, default=0)
-    lm.add_argument(
-        "--devices",
-        type=_positive,
-        default=1,
-        help="split the streams over this many devices (on CPU: host devices, one per core "
-        "used; --batch-size must be divisible by it; default 1)",
-    )
-    _sampling_options(lm, default_length=400)
-
-    sample = commands.add_parser("sample", help="sample text from a trained char-LM checkpoint")
-    sample.add_argument("--checkpoint-dir", required=True)
-    sample.add_argument("--seed", type=int, default=0)
-    _sampling_options(sample, default_length=600)
-
-    bench = commands.add_parser(
-        "bench",
-        help="time seqjax's LSTM/GRU/Elman layers against the installed peer libraries",
-        description="A quick benchmark on whatever backend JAX finds: seqjax.unroll against "
-        "Flax linen nn.RNN and PyTorch (when installed), forward and forward+backward, on "
-        "the same weights (checked before timing); prints median times and ratios.",
-    )
-    from seqjax.apps import bench as _bench
-
-    _bench.add_arguments(bench)
-    return parser
-
-
-def _sampling_options(parser: argparse.ArgumentParser, default_length: int) -> None:
-    parser.add_argument("--prompt", default="def ", help="text to continue")
-    parser.add_argument("--length", type=_count, default=default_length, help="bytes to sample")
-    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    parser.add_argument("--top-k", type=_positive, help="sample among the k likeliest bytes")
-
-
-def _train(args) -> None:
-    if args.devices > 1:  # host CPU devices must exist before JAX initialises
-        from seqjax import sharding
-
-        try:
-            sharding.use_cpu_devices(args.devices)
-        except RuntimeError as err:
-            raise ValueError(str(err)) from err
-    import jax
-
-    from seqjax.apps import char_lm
-
-    chosen = {k: getattr(args, k) for k in DEFAULTS}
-    fallback = QUICK if args.quick else DEFAULTS
-    sizes = {k: fallback[k] if v is None else v for k, v in chosen.items()}
-    steps = sizes.pop("steps")
-    config = char_lm.CharLMConfig(
-        cell=args.cell,
-        num_layers=args.num_layers,
-        batch_size=args.batch_size,
-        window=args.window,
-        backprop=args.backprop,
-        learning_rate=args.learning_rate,
-        max_norm=args.max_norm,
-        corpus=args.corpus,
-        seed=args.seed,
-        **sizes,
-    )
-    print(
-        f"seqjax char-LM: {config.cell.upper()} {config.num_layers}x{config.hidden_size} on "
-        f"{config.corpus or 'the Python standard library source'}, {steps} updates of "
-        f"{config.batch_size} streams x {config.window} steps, on {jax.default_backend()}"
-        + (f" ({args.devices} devices)" if args.devices > 1 else "")
-    )
-    model, state, _ = char_lm.train_char_lm(
-        config,
-        steps,
-        checkpoint_dir=args.checkpoint_dir,
-        checkpoint_every=args.checkpoint_every,
-        devices=args.devices,
-    )
-    bpc = char_lm.evaluate(model, state.params, char_lm.load(config).held_out)
-    print(f"held-out bits per character: {bpc:.3f}")
-    _print_sample(model, state, args)
-
-
-def _print_sample(model, state, args) -> None:
-    import jax
-
-    from seqjax.apps import char_lm
-
-    text = char_lm.generate_text(
-        model,
-        state.params,
-        args.prompt,
-        args.length,
-        jax.random.key(args.seed),
-        temperature=args.temperature,
-        top_k=args.top_k,
-    )
-    print(f"--- sample (temperature {args.temperature}) ---\n{args.prompt}{text}\n---")
-
-
-def _sample(args) -> None:
-    from seqjax.apps import char_lm
-
-    model, state = char_lm.load_trained(args.checkpoint_dir)
-    _print_sample(model, state, args)
-
-
-def _run_bench(args) -> None:
-    from seqjax.apps import bench
-
-    bench.main(args)
+DEBUG_VARIABLE = "SEQJAX_DEBUG"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``seqjax`` command with ``argv`` (the process's arguments when None); the
-    exit status: 0, or 2 for a bad argument or a failure reported as one line."""
-    args = _parser().parse_args(argv)
+    """Run the ``seqjax`` command with ``argv`` (the process's arguments when None) and
+    return its exit status (see the module docstring); a bad option exits with status 2
+    through argparse."""
+    args, explicit = seqjax_cli.parse(argv)
+    return run(args, explicit)
+
+
+def run(args: argparse.Namespace, explicit: frozenset[str] = frozenset()) -> int:
+    """Run the parsed command; every failure becomes one line on stderr and an exit status."""
+    command = {"train-charlm": _train, "sample": _sample, "bench": _run_bench}[args.command]
+    debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+    def fail(kind: str, err: BaseException, status: int, hint: str = "") -> int:
+        if debug:
+            raise err
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"seqjax {args.command}: {kind}: {message}{hint}", file=sys.stderr, flush=True)
+        return status
+
+    from seqjax.apps import char_lm  # imports JAX: only now that the options are good
+
     try:
-        {"train-charlm": _train, "sample": _sample, "bench": _run_bench}[args.command](args)
+        return command(args, explicit) or 0
+    except char_lm.DivergedError as err:
+        return fail("stopped", err, 1)
     except (ValueError, OSError) as err:
-        print(f"seqjax {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return fail("error", err, 2)
+    except KeyboardInterrupt as err:
+        return fail("interrupted", err, 128 + signal.SIGINT)
+    except Exception as err:  # noqa: BLE001 -- one line, not a traceback; SEQJAX_DEBUG shows it
+        hint = f" (run again with {DEBUG_VARIABLE}=1 for the traceback)"
+        return fail(f"internal error: {type(err).__name__}", err, 1, hint)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # at once, also into a pipe (a CI log, `| tee`)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+class _StopRequests:
+    """SIGINT and SIGTERM handlers for a training run.
+
+    The first signal asks the run to stop after the current compiled call (it is then
+    saved); a second one exits at once, with the conventional status (128 + the signal's
+    number). The previous handlers come back on exit, so that ``main`` can be called again
+    in the same process.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, say: Callable[[str], None], exit_now: Callable[[int], None] = os._exit):
+        self.say, self.exit_now = say, exit_now
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum, frame=None) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            self.say(f"{name} again: exiting at once, without saving")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            self.exit_now(128 + signum)
+            return
+        self.signum = signum
+        self.say(
+            f"{name}: stopping after the current call, then saving (Ctrl-C again quits at once)"
+        )
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # only there can Python
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self.handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+# --------------------------------------------------------------------------- train-charlm
+
+
+class _Plan:
+    """A train-charlm run resolved from the options and, on resume, the saved run."""
+
+    def __init__(self, values: dict, resumed_step: int | None, notes: list[str]):
+        self.values, self.resumed_step, self.notes = values, resumed_step, notes
+
+
+def _resolve(args: argparse.Namespace, explicit: frozenset[str]) -> _Plan:
+    """The options of the run: the given ones for a new run; for a resumed run the saved
+    ones, with the run options given explicitly in their place. Raises ValueError for a
+    model option given with another value than the saved run's, or --resume with no run."""
+    from seqjax import checkpoint
+    from seqjax.apps import char_lm
+
+    given = {
+        name: getattr(args, name) for name in (*seqjax_cli.MODEL_OPTIONS, *seqjax_cli.RUN_OPTIONS)
+    }
+    directory = args.checkpoint_dir
+    step = None if directory is None else checkpoint.latest_step(directory)
+    if step is None:
+        if args.resume:
+            raise ValueError(
+                f"--resume: {directory!r} holds no run to resume (no checkpoint with a valid "
+                "manifest); leave out --resume to start a new run there"
+            )
+        return _Plan(given, None, [])
+    meta = checkpoint.read_meta(directory)
+    try:
+        saved_config = char_lm.CharLMConfig(**meta)
+    except TypeError as err:
+        raise ValueError(
+            f"{directory!r} holds a checkpoint that is not a seqjax char-LM's (its meta "
+            f"record: {sorted(meta)}); use another --checkpoint-dir"
+        ) from err
+    saved = {name: getattr(saved_config, name) for name in seqjax_cli.MODEL_OPTIONS}
+    settings = char_lm.read_settings(directory)
+    notes = []
+    if args.quick:
+        notes.append("--quick applies to new runs: the resumed run keeps its saved sizes")
+    refused = {
+        name: (saved[name], given[name])
+        for name in seqjax_cli.MODEL_OPTIONS
+        if name in explicit and given[name] != saved[name]
+    }
+    if refused:
+        flags = ", ".join(f"--{n.replace('_', '-')}" for n in refused)
+        raise checkpoint.IncompatibleCheckpointError(
+            f"{flags}: the run in {directory!r} was saved with other values, which a resumed "
+            f"run cannot change (saved vs given: {refused}); leave {flags} out to continue "
+            "that run, or use another --checkpoint-dir for a new one"
+        )
+    values = dict(saved)
+    overridden = []
+    for name in seqjax_cli.RUN_OPTIONS:
+        recorded = settings.get(name)
+        if name == "prompt" and isinstance(recorded, str):
+            recorded = os.fsencode(recorded)
+        if name in explicit:
+            values[name] = given[name]
+            # A changed learning rate is reported by train_char_lm, against the saved state's.
+            if name in settings and name != "learning_rate" and given[name] != recorded:
+                flag = "--" + name.replace("_", "-")
+                overridden.append(f"{flag} {_show(recorded)} -> {_show(given[name])}")
+        else:
+            values[name] = recorded if name in settings else given[name]
+    if "steps" not in settings and "steps" not in explicit:
+        notes.append(
+            f"no record of the run's --steps in {directory}: training to {values['steps']}"
+        )
+    if overridden:
+        notes.append("overriding the saved run's " + ", ".join(overridden))
+    return _Plan(values, step, notes)
+
+
+def _show(value) -> str:
+    return repr(value.decode("utf-8", "replace")) if isinstance(value, bytes) else str(value)
+
+
+def _settings(values: dict, argv_command: list[str]) -> dict:
+    """The run options to record beside the checkpoints (JSON: the prompt as text)."""
+    settings = {name: values[name] for name in seqjax_cli.RUN_OPTIONS}
+    settings["prompt"] = os.fsdecode(values["prompt"])
+    settings["command"] = argv_command
+    return settings
+
+
+def _requested_devices(args: argparse.Namespace, explicit: frozenset[str]):
+    """--devices as given, else as the resumed run recorded it (read without JAX)."""
+    from seqjax.apps import char_lm
+
+    if "devices" in explicit or args.checkpoint_dir is None:
+        return args.devices
+    return char_lm.read_settings(args.checkpoint_dir).get("devices", args.devices)
+
+
+def _expose_devices(requested) -> None:
+    """Set the host device count before JAX initialises (reading a checkpoint's meta record
+    with orbax initialises it): the count asked for, or for auto the most that auto may
+    use on this machine (idle host devices cost nothing)."""
+    from seqjax import sharding
+    from seqjax.apps import char_lm
+
+    count = requested
+    if requested == "auto":
+        count = min(char_lm.usable_cores(), char_lm.MAX_HOST_DEVICES)
+    try:
+        sharding.use_cpu_devices(count)
+    except RuntimeError as err:
+        if requested != "auto":  # JAX started earlier in this process with fewer devices
+            raise ValueError(str(err)) from err
+
+
+def _devices(requested, batch_size: int) -> int:
+    """The devices to train on: for auto, :func:`seqjax.apps.char_lm.auto_devices` over the
+    host devices JAX has (one on a GPU or TPU)."""
+    import jax
+
+    from seqjax.apps import char_lm
+
+    if requested != "auto":
+        return requested
+    if jax.default_backend() != "cpu":
+        return 1
+    return char_lm.auto_devices(batch_size, cores=len(jax.devices("cpu")))
+
+
+def _train(args: argparse.Namespace, explicit: frozenset[str]) -> int:
+    from seqjax.apps import char_lm
+
+    with _StopRequests(_say) as stop:  # from the start: a signal at any point stops cleanly
+        config, values, devices = _plan(args, explicit)
+        steps = values["steps"]
+        model, state, _ = char_lm.train_char_lm(
+            config,
+            steps,
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=values["checkpoint_every"],
+            devices=devices,
+            learning_rate=values["learning_rate"] if "learning_rate" in explicit else None,
+            stop=stop.requested,
+            log=_say,
+            settings=_settings(values, ["seqjax", *args.argv]),
+        )
+        if stop.requested():
+            return _stopped(stop.signum, int(state.step), steps, args.checkpoint_dir)
+    held_out = char_lm.load(config).held_out
+    bpc = char_lm.evaluate(model, state.params, held_out)
+    _say(f"held-out bits per character: {bpc:.3f}")
+    _print_sample(model, state, values, config.seed)
+    return 0
+
+
+def _plan(args: argparse.Namespace, explicit: frozenset[str]):
+    """The run's configuration, option values and device count, checked; prints what the
+    run will do (and, on resume, what it changes)."""
+    _expose_devices(_requested_devices(args, explicit))
+    plan = _resolve(args, explicit)
+    values = plan.values
+    problem = seqjax_cli.check_combination(values)
+    if problem is not None:
+        raise ValueError(problem)
+    devices = _devices(values["devices"], values["batch_size"])
+    import jax
+
+    from seqjax.apps import char_lm
+
+    model_options = {name: values[name] for name in seqjax_cli.MODEL_OPTIONS}
+    config = char_lm.CharLMConfig(learning_rate=values["learning_rate"], **model_options)
+    directory = args.checkpoint_dir
+    action = (
+        f"resuming the run in {directory} from step {plan.resumed_step}"
+        if plan.resumed_step is not None
+        else "seqjax char-LM"
+    )
+    _say(
+        f"{action}: {config.cell.upper()} {config.num_layers}x{config.hidden_size} on "
+        f"{config.corpus or 'the Python standard library source'}, {values['steps']} updates "
+        f"of {config.batch_size} streams x {config.window} steps, on {jax.default_backend()} "
+        f"({devices} device{'s' if devices > 1 else ''}); saving to "
+        + (directory or "nothing (no --checkpoint-dir)")
+    )
+    for note in plan.notes:
+        _say(note)
+    if plan.resumed_step is not None and plan.resumed_step >= values["steps"]:
+        _say(
+            f"the run is at step {plan.resumed_step}, >= --steps {values['steps']}: nothing "
+            "to train"
+        )
+    return config, values, devices
+
+
+def _stopped(signum: int, done: int, steps: int, directory: str | None) -> int:
+    """Say where a stopped run stands and how to resume it; return the exit status."""
+    from seqjax import checkpoint
+
+    name = signal.Signals(signum).name
+    line = f"{name}: stopped at update {done} of {steps}; "
+    saved = None if directory is None else checkpoint.latest_step(directory)
+    if directory is None:
+        line += "nothing was saved (no --checkpoint-dir)"
+    elif saved is None:
+        line += f"nothing was saved in {directory} yet"
+    else:
+        resume = ["seqjax", "train-charlm", "--checkpoint-dir", directory, "--resume"]
+        line += (
+            f"checkpoint step {saved} is saved in {directory}; resume with: {shlex.join(resume)}"
+        )
+    print(line, flush=True)
+    return 128 + signum
+
+
+def _print_sample(model, state, values: dict, seed: int) -> None:
+    import jax
+
+    from seqjax.apps import char_lm
+
+    raw = char_lm.sample_bytes(
+        model,
+        state.params,
+        values["prompt"],
+        values["length"],
+        jax.random.key(seed),
+        temperature=values["temperature"],
+        top_k=values["top_k"],
+    )
+    text = char_lm.printable(values["prompt"] + raw)
+    print(f"--- sample (temperature {values['temperature']}) ---\n{text}\n---", flush=True)
+
+
+# --------------------------------------------------------------------------- sample, bench
+
+
+def _sample(args: argparse.Namespace, explicit: frozenset[str]) -> int:
+    from seqjax.apps import char_lm
+
+    model, state = char_lm.load_trained(args.checkpoint_dir, log=_say)
+    values = {name: getattr(args, name) for name in ("prompt", "length", "temperature", "top_k")}
+    _print_sample(model, state, values, args.seed)
+    return 0
+
+
+def _run_bench(args: argparse.Namespace, explicit: frozenset[str]) -> int:
+    from seqjax.apps import bench
+
+    bench.main(args)
     return 0
 
 

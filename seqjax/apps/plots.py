@@ -195,6 +195,33 @@ def plot_hidden_states(
         return _save(fig, path, bbox_inches="tight")
 
 
+def _off_scale(
+    reference: np.ndarray, curves: Mapping[str, np.ndarray], reach: float
+) -> tuple[tuple[float, float], dict[str, str]]:
+    """Y limits that keep ``reference`` readable, and a note per curve they cut off.
+
+    A curve that stays within ``reach`` times the reference's range of it is drawn whole;
+    one that leaves that band (a diverged model) or holds NaN is cut off at the limits,
+    and its note says how far it went, for the legend.
+    """
+    lo, hi = float(np.nanmin(reference)), float(np.nanmax(reference))
+    span = max(hi - lo, 1e-12)
+    band = (lo - reach * span, hi + reach * span)
+    notes = {}
+    for label, values in curves.items():
+        finite = values[np.isfinite(values)]
+        if finite.size < values.size:
+            notes[label] = "diverged: NaN/Inf, off the scale"
+        elif finite.size and (finite.min() < band[0] or finite.max() > band[1]):
+            far = finite.min() if band[0] - finite.min() > finite.max() - band[1] else finite.max()
+            notes[label] = f"diverged: off the scale, reaches {far:.3g}"
+            continue
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    margin = 0.05 * max(hi - lo, 1e-12)
+    return (lo - margin, hi + margin), notes
+
+
 def plot_forecasts(
     truth: Sequence[float],
     forecasts: Mapping[str, Sequence[float]],
@@ -209,6 +236,11 @@ def plot_forecasts(
 ) -> str:
     """Closed-loop forecasts against the truth, with an optional panel of error vs horizon.
 
+    The y axes stay readable when a model diverges: a forecast that leaves the band of the
+    truth and context widened by their range on each side is cut off at the axis, and its
+    legend entry says so and how far it went; the error panel is scaled to the models that
+    did not diverge, and the others' errors are cut off likewise.
+
     Args:
         truth: ``[H]`` the true values after the forecast origin.
         forecasts: ``{label: [H]}`` each model's predictions of them.
@@ -221,11 +253,14 @@ def plot_forecasts(
     """
     plt = _pyplot()
     true = np.asarray(truth, np.float64)
+    predicted = {label: np.asarray(v, np.float64) for label, v in forecasts.items()}
+    reference = true if context is None else np.concatenate([true, np.asarray(context)])
+    limits, notes = _off_scale(reference, predicted, reach=1.0)
     panels = 2 if errors else 1
     with _figure(
         1,
         panels,
-        figsize=(7.5 + 4.5 * (panels - 1), 4.2),
+        figsize=(7.5 + 4.5 * (panels - 1), 5.2),
         squeeze=False,
         gridspec_kw={"width_ratios": [1.6, 1][:panels]},
     ) as (fig, axes):
@@ -242,38 +277,50 @@ def plot_forecasts(
             )
         ax.plot(ahead, true, color="black", linewidth=3.2, alpha=0.8, label="truth")
         colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for k, (label, values) in enumerate(forecasts.items()):
+        for k, (label, values) in enumerate(predicted.items()):
             ax.plot(
                 ahead,
-                np.asarray(values, np.float64),
+                values,
                 linewidth=1.4,
-                label=label,
+                label=label + (f" ({notes[label]})" if label in notes else ""),
                 color=colours[k % len(colours)],
                 linestyle="--" if k % 2 else "-",
             )
+        ax.set_ylim(*limits)
         ax.axvline(start - 0.5, color="0.3", linestyle=":", linewidth=1)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(title or "Closed-loop forecasts", fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        # Below the axes: in the plot, a legend hides the curves it names.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)
         if errors:
             ax = axes[0, 1]
-            for k, (label, values) in enumerate(errors.items()):
-                curve = np.asarray(values, np.float64)
+            error_curves = {label: np.asarray(v, np.float64) for label, v in errors.items()}
+            kept = [v[np.isfinite(v)] for label, v in error_curves.items() if label not in notes]
+            kept = [v for v in kept if v.size] or [v[np.isfinite(v)] for v in error_curves.values()]
+            top = 1.15 * max([1e-12] + [float(v.max()) for v in kept if v.size])
+            for k, (label, values) in enumerate(error_curves.items()):
+                finite = values[np.isfinite(values)]
+                note = ""
+                if finite.size < values.size:
+                    note = " (NaN/Inf: off the scale)"
+                elif finite.size and finite.max() > top:
+                    note = f" (off the scale, reaches {finite.max():.3g})"
                 ax.plot(
-                    np.arange(1, len(curve) + 1),
-                    curve,
+                    np.arange(1, len(values) + 1),
+                    values,
                     linewidth=1.4,
-                    label=label,
+                    label=label + note,
                     color=colours[k % len(colours)],
                     linestyle="--" if k % 2 else "-",
                 )
+            ax.set_ylim(0, top)
             ax.set_xlabel("steps ahead")
             ax.set_ylabel("NRMSE over all origins")
             ax.set_title("Error against horizon", fontsize=10)
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1)
         fig.tight_layout()
         return _save(fig, path)
 
