@@ -4,12 +4,13 @@ One sequence of ``T`` steps is cut into ``D`` chunks of ``T / D`` steps, one per
 mesh axis, and evaluated by ``shard_map``; memory per device grows like ``T / D``.
 
 * **Linear-in-state cells** (:class:`~seqjax.cells.LinearRecurrence`: minGRU, minLSTM, LRU,
-  in log space where the cell offers it): each device scans its chunk from the zero state
-  with :class:`~seqjax.Associative`'s operator, keeping the cumulative coefficients
-  ``(A_t, B_t)``, so that its states are ``A_t h_in + B_t`` for whatever state ``h_in``
-  enters the chunk. One ``all_gather`` of every chunk's summary ``(A_L, B_L)`` (``D`` small
-  arrays ``[*B, H]``), one associative scan over those ``D`` summaries, and each device
-  knows ``h_in``: its states follow in one elementwise pass. Exact up to rounding.
+  in log space where the cell offers it): the steps of a chunk compose to one affine map,
+  ``h_out = A h_in + B``: each device forms its chunk's ``(A, B)`` by a pairwise reduction
+  with :class:`~seqjax.Associative`'s operator. One ``all_gather`` of these summaries (``D``
+  small arrays ``[*B, H]``) and one associative scan over them give every device the state
+  ``h_in`` entering its chunk, from which it solves its chunk as
+  :class:`~seqjax.Associative` does on one device. Exact up to rounding; per device the
+  memory of :class:`~seqjax.Associative` on ``T / D`` steps.
 * **Any cell** through :class:`~seqjax.DEER` / :class:`~seqjax.QuasiDEER`: each Newton
   iteration linearises every step of the chunk at once (the state entering the chunk comes
   from the previous device by ``ppermute``), and solves the linear recurrence
@@ -52,6 +53,8 @@ from seqjax.methods._parallel import (
     apply_affine,
     log_combine,
     shift,
+    solve_affine,
+    solve_log_affine,
 )
 
 
@@ -131,30 +134,26 @@ class Split(Local):
         return jnp.where(self._is(self._first(reverse)), s0.astype(entering.dtype), entering)
 
     def solve_affine(self, jac: Array, c: Array, s0: Array, reverse: bool, dense: bool) -> Array:
+        # Two passes rather than one scan that keeps every cumulative Jacobian: the chunk's
+        # summary by a pairwise reduction, then the one-device solve from the entering
+        # state, whose memory is the one-device method's on T / D steps.
         combine = affine_combine(dense)
-        # From the zero state, keeping the first Jacobian: s_t = Jcum_t s_in + Ccum_t.
-        jcum, ccum = jax.lax.associative_scan(combine, (jac, c), reverse=reverse)
-        edge = 0 if reverse else -1
         entering = self._entering(
-            (jcum[edge], ccum[edge]),
+            _compose(combine, (jac, c), reverse),
             s0,
             combine,
             lambda jc, s: apply_affine(jc[0], jc[1], s, dense),
             reverse,
         )
-        return apply_affine(jcum, ccum, entering[None], dense)
+        return solve_affine(jac, c, entering, reverse, dense)
 
     def solve_log_affine(self, log_a: Array, log_b: Array, h0: Array, reverse: bool) -> Array:
-        big_a, big_b = jax.lax.associative_scan(log_combine, (log_a, log_b), reverse=reverse)
-        edge = 0 if reverse else -1
-
         def apply(ab, s):
             return jnp.exp(ab[0]) * s + jnp.exp(ab[1])
 
-        entering = self._entering(
-            (big_a[edge], big_b[edge]), h0.astype(big_a.dtype), log_combine, apply, reverse
-        )
-        return jnp.exp(big_a) * entering[None] + jnp.exp(big_b)
+        summary = _compose(log_combine, (log_a, log_b), reverse)
+        entering = self._entering(summary, h0.astype(log_a.dtype), log_combine, apply, reverse)
+        return solve_log_affine(log_a, log_b, entering, reverse)
 
     def max(self, x: Array) -> Array:
         return jax.lax.pmax(x, self.mesh_axes or self.axis)
@@ -179,6 +178,24 @@ class Split(Local):
 
         entering = jax.lax.fori_loop(0, self.size - 1, one_round, init)
         return jax.lax.scan(body, entering, xs, reverse=reverse)
+
+
+def _compose(combine: Callable, elems: PyTree, reverse: bool) -> PyTree:
+    """All of ``elems`` (stacked on axis 0) composed in the recurrence's order by
+    ``combine`` (first its left, then its right argument): a pairwise tree of ``log2 T``
+    levels, each half as long as the one before."""
+    if reverse:
+        elems = jax.tree.map(lambda x: jnp.flip(x, 0), elems)
+    while (n := jax.tree.leaves(elems)[0].shape[0]) > 1:
+        firsts, seconds = slice(0, n - n % 2, 2), slice(1, n - n % 2, 2)
+        paired = combine(
+            jax.tree.map(lambda x, i=firsts: x[i], elems),
+            jax.tree.map(lambda x, i=seconds: x[i], elems),
+        )
+        if n % 2:
+            paired = jax.tree.map(lambda p, x: jnp.concatenate([p, x[-1:]]), paired, elems)
+        elems = paired
+    return jax.tree.map(lambda x: x[0], elems)
 
 
 Solver = Associative | _NewtonMethod
