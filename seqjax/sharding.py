@@ -436,9 +436,9 @@ def initialize_distributed(
     """Join this process to a multi-process run (``jax.distributed.initialize``); call first.
 
     Call it in every process before any other JAX operation. Without the first three
-    arguments JAX reads them from the cluster (Slurm, Open MPI, Cloud TPU, or the
-    ``JAX_COORDINATOR_ADDRESS`` and related environment variables; see
-    ``docs/parallelism.md``). It also selects the gloo collectives, so that CPU devices of
+    arguments JAX reads them from the cluster (Slurm, Open MPI, Kubernetes with
+    ``jax[k8s]``, Cloud TPU; see ``docs/parallelism.md``), and the coordinator address
+    alone from ``JAX_COORDINATOR_ADDRESS``. It also selects the gloo collectives, so that CPU devices of
     different processes can exchange data, whatever the JAX version's default.
 
     A process that dies is noticed by the others within ``heartbeat_timeout_s`` (JAX's
