@@ -438,8 +438,9 @@ def initialize_distributed(
     Call it in every process before any other JAX operation. Without the first three
     arguments JAX reads them from the cluster (Slurm, Open MPI, Kubernetes with
     ``jax[k8s]``, Cloud TPU; see ``docs/parallelism.md``), and the coordinator address
-    alone from ``JAX_COORDINATOR_ADDRESS``. It also selects the gloo collectives, so that CPU devices of
-    different processes can exchange data, whatever the JAX version's default.
+    alone from ``JAX_COORDINATOR_ADDRESS``. It also selects the gloo collectives, so that
+    CPU devices of different processes can exchange data, whatever the JAX version's
+    default.
 
     A process that dies is noticed by the others within ``heartbeat_timeout_s`` (JAX's
     default is 100 s) or at once by a collective that loses its peer: they then exit with
@@ -459,10 +460,15 @@ def initialize_distributed(
     """
     if cpu_devices is not None:
         use_cpu_devices(cpu_devices)
-    try:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    except AttributeError:  # JAX before the option existed
-        jax.config.update("jax_cpu_enable_gloo_collectives", True)
+    for name, value in (
+        ("jax_cpu_collectives_implementation", "gloo"),
+        ("jax_cpu_enable_gloo_collectives", True),  # JAX before the option above
+    ):
+        try:
+            jax.config.update(name, value)
+            break
+        except AttributeError:  # not an option of this JAX (a later one may use gloo anyway)
+            continue
     wanted = {
         "heartbeat_timeout_seconds": heartbeat_timeout_s,
         "shutdown_timeout_seconds": shutdown_timeout_s,

@@ -54,6 +54,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--reference", action="store_true", help="one process, one device")
     parser.add_argument("--heartbeat", type=int, default=5)
     parser.add_argument("--cache-dir", default=None, help="JAX's persistent compilation cache")
+    parser.add_argument(
+        "--bptt", action="store_true", help="also one full-BPTT update (shard_map_bptt_step)"
+    )
     return parser.parse_args(argv)
 
 
@@ -121,6 +124,12 @@ def main(argv=None) -> int:
 
         step_fn = sj.tbptt_step(mean_loss, optimizer)
         run = jax.jit(lambda p, s, c, w: sj.tbptt_scan(step_fn, p, s, c, w))
+
+        def batch_mean_loss(p, batch):  # [K, B] inputs and targets, from the zero state
+            _, logits = forward(p, rnn.init_carry((batch[0].shape[1],)), batch[0])
+            return sj.cross_entropy(logits, batch[1])
+
+        bptt = jax.jit(sj.bptt_step(batch_mean_loss, optimizer))
         place = lambda tree, axis: jax.tree.map(jnp.asarray, tree)  # noqa: E731
         replicate = place
     else:
@@ -133,6 +142,13 @@ def main(argv=None) -> int:
             return total, (jnp.asarray(window[1].size, total.dtype), carry)
 
         run = sharding.shard_map_tbptt_scan(summed_loss, optimizer, mesh)
+
+        def batch_summed_loss(p, batch):  # this device's streams: summed loss, count
+            _, logits = forward(p, rnn.init_carry((batch[0].shape[1],)), batch[0])
+            total = sj.cross_entropy(logits, batch[1], average=False)
+            return total, jnp.asarray(batch[1].size, total.dtype)
+
+        bptt = sharding.shard_map_bptt_step(batch_summed_loss, optimizer, mesh, batch_axis=1)
 
         def place(tree, axis):
             return sharding.shard_batch(tree, mesh, axis=axis)
@@ -148,6 +164,11 @@ def main(argv=None) -> int:
         "carry": place(rnn.init_carry((rows.stop - rows.start,)), 0),
         "step": replicate(jnp.zeros((), jnp.int32), None),
     }
+    bptt_params = None
+    if args.bptt:  # one update over the first 2K steps of every stream, from the initial state
+        ids = local[:, : 2 * K + 1].T
+        batch = place((ids[:-1], ids[1:]), 1)
+        bptt_params = flat(bptt(state["params"], state["opt_state"], batch)[0])
     restored_from = None
     if args.checkpoint_dir and checkpoint.latest_step(args.checkpoint_dir) is not None:
         restored_from, state = checkpoint.restore(args.checkpoint_dir, state, META)
@@ -186,6 +207,7 @@ def main(argv=None) -> int:
         "params": flat(state["params"]),
         "recorded": recorded,
         "update_s": update_s,  # the first includes compiling
+        "bptt_params": bptt_params,
     }
     tmp = args.out / f"result-{me}.json.tmp"
     tmp.write_text(json.dumps(result))

@@ -4,14 +4,16 @@ The module fixture starts real processes (``tests/distributed_worker.py``) with 
 on localhost and gloo CPU collectives, one host device each:
 
 1. two processes train a small LSTM language model for 4 updates, each loading only its own
-   streams, checkpointing every 2 (the carries are sharded across the processes); beside
+   streams, checkpointing every 2 (the carries are sharded across the processes), after one
+   full-BPTT update of the initial parameters (``shard_map_bptt_step``) set aside; beside
    them, one process trains the same global batch on one device for 10 updates;
 2. a byte of step 4's data is flipped; two processes resume, and both must pass over step 4
    and resume from step 2; after saving step 6 they keep training without saving; then
    process 1 is killed (SIGKILL) and process 0 must exit with an error, fast;
 3. two new processes resume from the last checkpoint (step 6) and train to step 10.
 
-The parameters after 1. and 3. must equal the one-device run's after 4 and 10 updates.
+The parameters after 1. and 3. must equal the one-device run's after 4 and 10 updates (and
+the full-BPTT update its ``bptt_step``'s).
 Start-up (importing JAX, joining, compiling) is most of the ~40 s this takes.
 """
 
@@ -53,8 +55,10 @@ def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("distributed")
     ck = str(base / "checkpoints")
     began = time.monotonic()
-    reference = start(1, base / "reference", "--reference", "--steps", "10", "--record-at", "4")
-    first = finish(start(2, base / "first", "--steps", "4", "--checkpoint-dir", ck))
+    reference = start(
+        1, base / "reference", "--reference", "--steps", "10", "--record-at", "4", "--bptt"
+    )
+    first = finish(start(2, base / "first", "--steps", "4", "--checkpoint-dir", ck, "--bptt"))
     timings = {"first": time.monotonic() - began}
 
     # Step 4's largest data file gets a flipped byte: the next run must pass over it.
@@ -121,6 +125,14 @@ def test_two_processes_equal_one_device(run):
     for r in first:
         np.testing.assert_allclose(r["params"], want, atol=TOL, rtol=0)
     np.testing.assert_allclose(first[0]["losses"], reference["losses"][:4], rtol=1e-5)
+
+
+def test_full_bptt_step_over_two_processes_equals_one_device(run):
+    _ok(run["first"])
+    want = np.asarray(run["reference_result"]["bptt_params"])
+    assert np.max(np.abs(want - np.asarray(run["reference_result"]["params"]))) > 1e-2
+    for r in run["first_results"]:
+        np.testing.assert_allclose(r["bptt_params"], want, atol=TOL, rtol=0)
 
 
 def test_only_process_zero_logs(run):

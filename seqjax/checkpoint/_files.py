@@ -338,7 +338,7 @@ def _orbax_restore(folder: str, args: ocp.args.Composite, every_process: bool = 
     """Restore ``args`` from ``folder``: in this process alone, or (``every_process``) in all
     of them together, as restoring arrays sharded across processes needs."""
     options = {}
-    if not every_process:  # no barrier: one process may read a meta record on its own
+    if not every_process and _processes.count() > 1:  # no barrier: one process reads alone
         me = jax.process_index()
         options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
             primary_host=me, active_processes={me}
