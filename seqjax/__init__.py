@@ -91,6 +91,7 @@ from seqjax.methods import (
     QuasiDEER,
     Remat,
     Scan,
+    SequenceParallel,
 )
 from seqjax.models import (
     ClassifierParams,
@@ -210,6 +211,7 @@ __all__ = [
     "QuasiDEER",
     "Remat",
     "Scan",
+    "SequenceParallel",
     "Tuning",
     "UnrollOptions",
     "embedded_unroll",

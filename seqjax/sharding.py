@@ -16,9 +16,16 @@ the parameters replicated, and the gradients are summed across devices once per 
   or set ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` in the environment.
 
 * **On GPUs and TPUs**, the mesh spans the chips of a machine.
-* **Across machines**, call ``jax.distributed.initialize()`` first in every process (JAX's
-  multi-host runtime); :func:`batch_mesh` then spans every process's devices, and
-  :func:`shard_batch` takes each process's own slice of the global batch.
+* **Across processes and machines**, call :func:`initialize_distributed` (JAX's
+  ``jax.distributed.initialize`` with CPU collectives and failure timeouts set) first in
+  every process; :func:`batch_mesh` then spans every process's devices, each process loads
+  only the rows :func:`process_rows` names, :func:`shard_batch` joins the per-process slices
+  into the global batch, and the training steps below run unchanged. Print from one process
+  with :func:`main_process_print`; :mod:`seqjax.checkpoint` saves and restores from all of
+  them. The launch recipes are in ``docs/parallelism.md``.
+* **Along time**, :class:`seqjax.SequenceParallel` splits one long sequence over a mesh axis
+  (sequence parallelism); :func:`grid_mesh` builds a mesh with a batch and a time axis for
+  both at once.
 
 Two ways to run a function data-parallel, both giving the single-device results (up to the
 order of floating-point sums):
@@ -69,8 +76,11 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+import math
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +88,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from seqjax._types import Array, PyTree
+from seqjax.methods._sequence_parallel import shard_map
 from seqjax.train import StepMetrics, apply_gradients, global_norm, tbptt_scan
 
 __all__ = [
@@ -85,6 +96,11 @@ __all__ = [
     "batch_mesh",
     "batch_spec",
     "data_parallel",
+    "grid_mesh",
+    "initialize_distributed",
+    "is_main_process",
+    "main_process_print",
+    "process_rows",
     "replicate",
     "shard_batch",
     "shard_map_bptt_step",
@@ -169,13 +185,8 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
-def _shard_map(fn, mesh, in_specs, out_specs):
-    if hasattr(jax, "shard_map"):
-        # Replication is not tracked: the functions here sum across devices themselves.
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-    from jax.experimental.shard_map import shard_map  # older JAX
-
-    return shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+# Replication is not tracked: the functions here sum across devices themselves.
+_shard_map = shard_map
 
 
 def data_parallel(
@@ -379,3 +390,153 @@ def shard_map_tbptt_scan(
     in_specs = (replicated, replicated, carry_spec, batch_spec(window_axis, axis_name=name))
     out_specs = (replicated, replicated, carry_spec, replicated)
     return jax.jit(_shard_map(local_scan, mesh, in_specs, out_specs))
+
+
+def grid_mesh(devices: Sequence[Any] | None = None, **sizes: int) -> Mesh:
+    """A mesh with one named axis per keyword, of that size, over ``devices`` (default: all).
+
+    The last axis varies fastest along ``devices``, whose order puts each process's devices
+    together (``jax.devices()``): ``grid_mesh(batch=P, time=D)`` over ``P`` processes of
+    ``D`` devices each keeps every sequence's time axis inside one process, where
+    communication is cheapest, and splits the batch across processes.
+
+    Raises:
+        ValueError: no axis, a size that is not a positive int, or sizes whose product is
+            not the number of devices.
+
+    Example:
+        >>> import jax
+        >>> mesh = grid_mesh(batch=1, time=len(jax.devices()))
+        >>> mesh.axis_names
+        ('batch', 'time')
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    if not sizes or any(
+        not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sizes.values()
+    ):
+        raise ValueError(f"grid_mesh: give each axis a positive int size; got {sizes}")
+    need = math.prod(sizes.values())
+    if need != len(devices):
+        raise ValueError(
+            f"grid_mesh: axes {sizes} need {need} devices, {len(devices)} were given; pass "
+            f"devices=jax.devices()[:{need}] to use fewer"
+        )
+    return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), tuple(sizes))
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    cpu_devices: int | None = None,
+    heartbeat_timeout_s: int | None = None,
+    shutdown_timeout_s: int | None = None,
+    initialization_timeout_s: int | None = None,
+) -> None:
+    """Join this process to a multi-process run (``jax.distributed.initialize``); call first.
+
+    Call it in every process before any other JAX operation. Without the first three
+    arguments JAX reads them from the cluster (Slurm, Open MPI, Kubernetes with
+    ``jax[k8s]``, Cloud TPU; see ``docs/parallelism.md``), and the coordinator address
+    alone from ``JAX_COORDINATOR_ADDRESS``. It also selects the gloo collectives, so that
+    CPU devices of different processes can exchange data, whatever the JAX version's
+    default.
+
+    A process that dies is noticed by the others within ``heartbeat_timeout_s`` (JAX's
+    default is 100 s) or at once by a collective that loses its peer: they then exit with
+    JAX's "the JAX distributed service detected fatal errors" (or a ``JaxRuntimeError``
+    naming the lost connection) instead of waiting. ``shutdown_timeout_s`` bounds how long
+    an exiting process waits for the others (JAX's default is 300 s).
+
+    Args:
+        coordinator_address: ``host:port`` of process 0's coordinator (every process passes
+            the same).
+        num_processes: how many processes take part.
+        process_id: this process's index in ``[0, num_processes)``.
+        cpu_devices: host CPU devices for this process (:func:`use_cpu_devices`), or None.
+        heartbeat_timeout_s: seconds without heartbeats after which a process is dead.
+        shutdown_timeout_s: seconds an exiting process waits for the others.
+        initialization_timeout_s: seconds to wait for every process to join.
+    """
+    if cpu_devices is not None:
+        use_cpu_devices(cpu_devices)
+    for name, value in (
+        ("jax_cpu_collectives_implementation", "gloo"),
+        ("jax_cpu_enable_gloo_collectives", True),  # JAX before the option above
+    ):
+        try:
+            jax.config.update(name, value)
+            break
+        except AttributeError:  # not an option of this JAX (a later one may use gloo anyway)
+            continue
+    wanted = {
+        "heartbeat_timeout_seconds": heartbeat_timeout_s,
+        "shutdown_timeout_seconds": shutdown_timeout_s,
+        "initialization_timeout": initialization_timeout_s,
+    }
+    accepted = inspect.signature(jax.distributed.initialize).parameters
+    options: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and k in accepted}
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        **options,
+    )
+
+
+def is_main_process() -> bool:
+    """Whether this is process 0, the one that logs (True in a single-process run)."""
+    return jax.process_index() == 0
+
+
+def main_process_print(*values: Any, file: TextIO | None = None, flush: bool = True) -> None:
+    """``print(*values)`` in process 0 only, so that a run of ``P`` processes logs once.
+
+    Example:
+        >>> main_process_print("step 10: loss 1.25")
+        step 10: loss 1.25
+    """
+    if is_main_process():
+        print(*values, file=sys.stdout if file is None else file, flush=flush)
+
+
+def process_rows(size: int, mesh: Mesh, *, axis_name: str | None = None) -> slice:
+    """The rows of a global batch of ``size`` that this process holds: what it loads.
+
+    With several processes each loads only its rows and :func:`shard_batch` joins the
+    slices into the global batch (no row is loaded twice); with one process, all rows.
+
+    Args:
+        size: the global batch size, divisible by the mesh axis's size.
+        mesh: the mesh the batch is split over.
+        axis_name: the mesh axis of the batch (default: the axis of a one-axis mesh).
+
+    Raises:
+        ValueError: ``size`` is not divisible, or this process's devices do not hold one
+            contiguous block of rows (a mesh whose device order interleaves processes).
+
+    Example:
+        >>> process_rows(8, batch_mesh())           # one process: every row
+        slice(0, 8, None)
+    """
+    name = _axis_name(mesh) if axis_name is None else axis_name
+    count = mesh.shape[name]
+    if size % count:
+        raise ValueError(
+            f"process_rows: the batch of {size} must be divisible by the {count} devices of "
+            f"mesh axis {name!r}"
+        )
+    where = NamedSharding(mesh, PartitionSpec(name))
+    rows = [index[0] for index in where.addressable_devices_indices_map((size,)).values() if index]
+    spans = sorted({(r.start or 0, size if r.stop is None else r.stop) for r in rows})
+    start, stop = spans[0][0], spans[0][1]
+    for lo, hi in spans[1:]:
+        if lo != stop:
+            raise ValueError(
+                f"process_rows: process {jax.process_index()} holds rows {spans} along mesh "
+                f"axis {name!r}, not one block; order the mesh's devices by process "
+                "(jax.devices() does)"
+            )
+        stop = hi
+    return slice(start, stop)

@@ -367,6 +367,27 @@ case("pallas-cell", "Pallas", "cell", "LSTM, reset-after GRU or tanh/relu Elman"
                           method=sj.Pallas()), XS, error=TypeError,
      match=r"Pallas runs LSTMCell, GRUCell\(reset_after=True\) and ElmanCell .* so the cell must "
            r"be one of them; got MinGRUCell")
+_MESH = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("batch", "time"))
+case("seqpar-mesh", "SequenceParallel", "mesh", "a jax.sharding.Mesh",
+     lambda: sj.SequenceParallel("mesh"), error=TypeError,
+     match=r"SequenceParallel: mesh must be a jax\.sharding\.Mesh; got str")
+case("seqpar-axis", "SequenceParallel", "axis", "an axis of the mesh",
+     lambda: sj.SequenceParallel(_MESH, axis="steps"),
+     match=r"SequenceParallel: axis must be an axis of the mesh \('batch', 'time'\); got 'steps'")
+case("seqpar-batch-axis", "SequenceParallel", "batch_axis", "another axis of the mesh or None",
+     lambda: sj.SequenceParallel(_MESH, batch_axis="time"),
+     match=r"SequenceParallel: batch_axis must be another axis of the mesh .* or None; "
+           r"got 'time'")
+case("seqpar-solver", "SequenceParallel", "solver", "Associative, DEER, QuasiDEER or None",
+     lambda: sj.SequenceParallel(_MESH, solver=sj.Scan()),
+     match=r"SequenceParallel: solver must be Associative\(\), DEER\(\.\.\.\), "
+           r"QuasiDEER\(\.\.\.\) or None; got Scan")
+case("seqpar-batch-axis-cell", "SequenceParallel", "batch_axis",
+     "a cell without per-sequence params",
+     lambda xs: sj.unroll(_DROPOUT, _DROPOUT_P, xs,
+                          method=sj.SequenceParallel(_MESH, batch_axis="batch")), XS,
+     match=r"SequenceParallel: batch_axis needs a cell whose params hold no per-sequence data "
+           r".*got VariationalDropoutCell")
 case("resolve-method", "resolve", "method", "a Method, a shorthand or None",
      lambda: methods.resolve("scan"),
      match=r"unroll: method must be a seqjax\.methods\.Method .*or None; got 'scan'")
@@ -1832,6 +1853,14 @@ def test_documented_meaning(label):
 # Checks no public call reaches, each with the reason (a site matches when its source holds
 # the text). A reached site listed here fails the coverage test: the list cannot go stale.
 UNREACHED = {
+    (
+        "seqjax/methods/_sequence_parallel.py",
+        "devices of mesh axis",
+    ): "needs a mesh axis of 2+ devices; tests/test_sequence_parallel.py checks it on 2 and 4",
+    (
+        "seqjax/methods/_sequence_parallel.py",
+        "needs a batch axis 1 of xs",
+    ): "needs a mesh axis of 2+ devices; tests/test_sequence_parallel.py checks it on 2 and 4",
     (
         "seqjax/_kernels/pallas_rnn.py",
         "recurrence({kind.name})",

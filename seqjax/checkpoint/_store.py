@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
 import operator
 import os
@@ -11,11 +13,12 @@ import socket
 import warnings
 from typing import Any
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from seqjax._types import PyTree
+from seqjax.checkpoint import _processes
 from seqjax.checkpoint._errors import (
     CheckpointNotWritableError,
     CorruptCheckpointError,
@@ -29,14 +32,15 @@ from seqjax.checkpoint._files import (
     _DELETING,
     _FORMAT,
     _VERSION,
+    LOCK_FILE,
     MANIFEST,
-    _array_sha256,
+    QUARANTINE,
     _as_json,
     _canonical,
     _check_files,
+    _entry,
     _fsync_dir,
     _hash_files,
-    _host,
     _incompatible,
     _leaves,
     _load_step,
@@ -153,17 +157,12 @@ def check_compatible(directory: str | os.PathLike, meta: dict[str, Any]) -> int 
     return step
 
 
-def _refuse_non_finite(directory: str, step: int, host: list[tuple[str, np.ndarray]]) -> None:
-    bad = []
-    for path, value in host:
-        if jnp.issubdtype(value.dtype, jnp.inexact):
-            finite = np.isfinite(value)
-            if not finite.all():
-                nan = int(np.isnan(value).sum())
-                bad.append(
-                    f"{path} ({nan} NaN, {value.size - int(finite.sum()) - nan} Inf "
-                    f"of {value.size})"
-                )
+def _refuse_non_finite(directory: str, step: int, entries: list) -> None:
+    bad = [
+        f"{entry['path']} ({nan} NaN, {inf} Inf of {int(np.prod(entry['shape'], dtype=int))})"
+        for entry, (nan, inf) in entries
+        if nan or inf
+    ]
     if bad:
         raise NonFiniteStateError(
             f"save: refused step {step} for {directory!r}: the state holds non-finite values "
@@ -188,6 +187,11 @@ def save(
     synchronously; fsyncs it and writes its manifest atomically; reads it back and checks it;
     only then deletes steps older than this one beyond the newest ``max_to_keep`` good ones
     (never a newer step, never a folder without a valid manifest).
+
+    With several processes (``jax.distributed``) every process calls it with the same
+    arguments and its part of the global arrays; process 0 locks, writes the manifest and
+    retains, and a failure anywhere raises the same error in every process (module
+    docstring).
 
     Args:
         directory: the checkpoint directory; created if needed.
@@ -226,68 +230,113 @@ def save(
         raise ValueError(f"save: step must be an int >= 0; got {step}")
     if max_to_keep is not None and max_to_keep < 1:
         raise ValueError(f"save: max_to_keep must be >= 1 or None; got {max_to_keep}")
-    host = [(path, _host(leaf)) for path, leaf in _leaves(state)]
-    _refuse_non_finite(directory, step, host)
-    with _WriteLock(directory):
+    # Every process, the same leaves in the same order: a sharded leaf's checksum is a
+    # computation over the global array.
+    entries = [_entry(path, leaf) for path, leaf in _leaves(state)]
+    _refuse_non_finite(directory, step, entries)
+    with _locked(directory):
+        _write_step(directory, step, state, meta, [e for e, _ in entries], max_to_keep)
+
+
+@contextlib.contextmanager
+def _locked(directory: str):
+    """The directory's write lock: this process's, or (several processes) process 0's."""
+    if _processes.count() == 1:
+        with _WriteLock(directory):
+            yield
+        return
+    lock = _WriteLock(directory)
+    _processes.on_main(lock.__enter__)
+    try:
+        # The others must see the lock file process 0 holds: one shared file system.
+        _processes.attempt(lambda: _check_shared(directory), (OSError,))
+        yield
+    finally:
+        if _processes.is_main():
+            lock.__exit__(None, None, None)
+
+
+def _check_shared(directory: str) -> None:
+    if not os.path.exists(os.path.join(directory, LOCK_FILE)):
+        raise CheckpointNotWritableError(
+            errno.ENOENT,
+            f"save: process {jax.process_index()} does not see the lock file that process 0 "
+            f"holds in {directory!r}: every process must write to one shared file system",
+        )
+
+
+def _write_step(directory, step, state, meta, entries, max_to_keep) -> None:
+    """Write, verify and retain one step, under the directory's lock."""
+    folder = os.path.join(directory, str(step))
+
+    def prepare():
         newest = _newest_meta(directory)
         if newest is not None and newest[1] != meta:
             raise _incompatible(directory, newest[1], meta)
-        folder = os.path.join(directory, str(step))
         if os.path.lexists(folder):
             _move_aside(directory, folder, f"replaced by a new save of step {step}")
-        checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-        try:
-            checkpointer.save(
-                folder,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-                ),
-            )
-        except OSError as err:  # a full disk, a directory gone: orbax's error names neither
-            raise CheckpointNotWritableError(
-                err.errno, f"save: step {step} could not be written to {folder!r}: {err}"
-            ) from err
-        finally:
-            checkpointer.close()
-        manifest = {
-            "format": _FORMAT,
-            "version": _VERSION,
-            "step": step,
-            "meta_sha256": _sha256(_canonical(meta)),
-            "arrays": [
-                {
-                    "path": path,
-                    "dtype": value.dtype.name,
-                    "shape": list(value.shape),
-                    "sha256": _array_sha256(value),
-                }
-                for path, value in host
-            ],
-            "files": _hash_files(folder, fsync=True),
-            "written": {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            },
-        }
-        manifest["manifest_sha256"] = _sha256(_canonical(manifest))
-        tmp = os.path.join(folder, MANIFEST + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.path.join(folder, MANIFEST))
-        _fsync_dir(folder)
-        try:
-            _load_step(directory, step, folder, state, meta, files_checked=True)
-        except (CorruptCheckpointError, IncompatibleCheckpointError) as err:
-            moved = _move_aside(directory, folder, f"did not read back equal: {err}")
-            raise CorruptCheckpointError(
-                f"save: step {step} was written but does not read back equal ({err}); it was "
-                f"moved to {moved!r} and older steps were kept"
-            ) from err
-        if max_to_keep is not None:
-            _retain(directory, step, max_to_keep)
+
+    _processes.on_main(prepare)
+    _processes.attempt(lambda: _orbax_save(folder, step, state, meta), (OSError,))
+    _processes.on_main(lambda: _write_manifest(folder, step, meta, entries))
+    try:
+        _load_step(directory, step, folder, state, meta, files_checked=True)
+    except (CorruptCheckpointError, IncompatibleCheckpointError) as err:
+        reason = f"did not read back equal: {err}"
+        moved = _processes.on_main(lambda: _move_aside(directory, folder, reason))
+        raise CorruptCheckpointError(
+            f"save: step {step} was written but does not read back equal ({err}); it was "
+            f"moved to {moved or os.path.join(directory, QUARANTINE)!r} and older steps were "
+            "kept"
+        ) from err
+    if max_to_keep is not None:
+        _processes.on_main(lambda: _retain(directory, step, max_to_keep))
+
+
+def _orbax_save(folder: str, step: int, state: PyTree, meta: dict[str, Any]) -> None:
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+    try:
+        checkpointer.save(
+            folder,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+        )
+    except OSError as err:  # a full disk, a directory gone: orbax's error names neither
+        raise CheckpointNotWritableError(
+            err.errno, f"save: step {step} could not be written to {folder!r}: {err}"
+        ) from err
+    finally:
+        checkpointer.close()
+
+
+def _write_manifest(folder: str, step: int, meta: dict[str, Any], entries: list) -> None:
+    """Hash every file of the step, and write the manifest last, atomically."""
+    written = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    if _processes.count() > 1:
+        written["processes"] = _processes.count()
+    manifest = {
+        "format": _FORMAT,
+        # Version 1 unless an array is recorded by fingerprint (held whole by no process).
+        "version": 2 if any("fingerprint" in e for e in entries) else _VERSION,
+        "step": step,
+        "meta_sha256": _sha256(_canonical(meta)),
+        "arrays": entries,
+        "files": _hash_files(folder, fsync=True),
+        "written": written,
+    }
+    manifest["manifest_sha256"] = _sha256(_canonical(manifest))
+    tmp = os.path.join(folder, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(folder, MANIFEST))
+    _fsync_dir(folder)
 
 
 def _retain(directory: str, saved: int, max_to_keep: int) -> None:

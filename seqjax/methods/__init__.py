@@ -1,18 +1,22 @@
 """How :func:`seqjax.unroll` evaluates a cell over time: one small frozen object per method.
 
-====================  ==================================================  ====================
-method                what it does                                        file
-====================  ==================================================  ====================
-:class:`Scan`         ``lax.scan`` step by step (the default); its        ``_scan.py``,
-                      derivative by autodiff or structured                ``_structured.py``
-:class:`Remat`        the scan in checkpointed chunks: BPTT memory        ``_remat.py``
-                      grows like ``T/k + k``
-:class:`Associative`  linear-in-state cells: one associative scan         ``_associative.py``
-:class:`DEER`         any cell: Newton iterations over the trajectory     ``_newton.py``
-:class:`QuasiDEER`    the same with diagonal Jacobians                    ``_newton.py``
-:class:`Pallas`       one persistent kernel over all steps (GPU; chosen   ``_pallas.py``
-                      only explicitly until measured)
-====================  ==================================================  ====================
+=========================  ============================================  =========================
+method                     what it does                                  file
+=========================  ============================================  =========================
+:class:`Scan`              ``lax.scan`` step by step (the default); its  ``_scan.py``,
+                           derivative by autodiff or structured          ``_structured.py``
+:class:`Remat`             the scan in checkpointed chunks: BPTT         ``_remat.py``
+                           memory grows like ``T/k + k``
+:class:`Associative`       linear-in-state cells: one associative scan   ``_associative.py``
+:class:`DEER`              any cell: Newton iterations over the          ``_newton.py``
+                           trajectory
+:class:`QuasiDEER`         the same with diagonal Jacobians              ``_newton.py``
+:class:`Pallas`            one persistent kernel over all steps (GPU;    ``_pallas.py``
+                           chosen only explicitly until measured)
+:class:`SequenceParallel`  the time axis split over a mesh axis; each    ``_sequence_parallel.py``
+                           chunk by Associative, DEER or QuasiDEER,
+                           joined by collectives
+=========================  ============================================  =========================
 
 The strings ``"sequential"``, ``"associative"``, ``"deer"`` and ``"quasi_deer"`` are short
 for the default object of each; ``None`` is ``Scan()``. A new method is one file: a frozen
@@ -28,6 +32,7 @@ from seqjax.methods._newton import DEER, QuasiDEER
 from seqjax.methods._pallas import Pallas
 from seqjax.methods._remat import Remat
 from seqjax.methods._scan import Scan
+from seqjax.methods._sequence_parallel import SequenceParallel
 
 __all__ = [
     "DEER",
@@ -40,10 +45,10 @@ __all__ = [
     "QuasiDEER",
     "Remat",
     "Scan",
+    "SequenceParallel",
     "resolve",
 ]
 
-#: The strings :func:`seqjax.unroll` accepts for ``method``, and the default object each names.
 SHORTHANDS: dict[str, Method] = {
     "sequential": Scan(),
     "associative": Associative(),

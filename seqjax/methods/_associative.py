@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from seqjax._types import Array, PyTree
 from seqjax.cells._base import Cell, LinearRecurrence, LogCoefficients, supports
 from seqjax.methods._base import Inputs, Method, ParallelInfo
-from seqjax.methods._parallel import evaluate, solve_affine
+from seqjax.methods._parallel import LOCAL, Local, evaluate
 
 
 @dataclass(frozen=True)
@@ -51,29 +51,19 @@ class Associative(Method):
         return carry, ys
 
     def run_with_info(self, cell, params, inputs):
+        return self.evaluate_on(cell, params, inputs, LOCAL)
+
+    def evaluate_on(self, cell: Cell, params: PyTree, inputs: Inputs, time: Local):
+        """:meth:`run_with_info` on the time axis ``time`` (``inputs`` hold its chunk)."""
+
         def solve(px, carry, fresh, valid):
-            states = _linear_states(cell, params, px, carry, fresh, valid, inputs)
+            states = _linear_states(cell, params, px, carry, fresh, valid, inputs, time)
             return states, ParallelInfo.exact(jax.tree.leaves(carry)[0].dtype)
 
-        return evaluate(cell, params, inputs, solve)
+        return evaluate(cell, params, inputs, solve, time)
 
 
-def _logaddexp(x: Array, y: Array) -> Array:
-    """``log(exp x + exp y)`` whose gradient stays finite when both are ``-inf``."""
-    m = jnp.maximum(x, y)
-    m = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-    total = jnp.exp(x - m) + jnp.exp(y - m)
-    positive = total > 0
-    safe = jnp.where(positive, total, jnp.ones_like(total))
-    return jnp.where(positive, m + jnp.log(safe), jnp.full_like(total, -jnp.inf))
-
-
-def _log_combine(x, y):
-    (la1, lb1), (la2, lb2) = x, y
-    return la1 + la2, _logaddexp(lb1 + la2, lb2)
-
-
-def _linear_states(cell, params, px, carry, fresh, valid, inputs: Inputs) -> PyTree:
+def _linear_states(cell, params, px, carry, fresh, valid, inputs: Inputs, time: Local) -> PyTree:
     """Every state ``[T, *B, ...]`` of a linear recurrence, by one associative scan."""
     resets, reverse = inputs.resets, inputs.reverse
     h0, fresh_state = cell.to_state(carry), cell.to_state(fresh)
@@ -86,8 +76,7 @@ def _linear_states(cell, params, px, carry, fresh, valid, inputs: Inputs) -> PyT
         if valid is not None:
             log_a = jnp.where(valid[..., None], log_a, jnp.zeros_like(log_a))
             log_b = jnp.where(valid[..., None], log_b, jnp.full_like(log_b, -jnp.inf))
-        big_a, big_b = jax.lax.associative_scan(_log_combine, (log_a, log_b), reverse=reverse)
-        h = jnp.exp(big_a) * h0[None].astype(big_a.dtype) + jnp.exp(big_b)
+        h = time.solve_log_affine(log_a, log_b, h0, reverse)
     else:
         a, b = cell.coefficients(params, px)
         if resets is not None:
@@ -97,6 +86,6 @@ def _linear_states(cell, params, px, carry, fresh, valid, inputs: Inputs) -> PyT
         if valid is not None:
             a = jnp.where(valid[..., None], a, jnp.ones_like(a))
             b = jnp.where(valid[..., None], b, jnp.zeros_like(b))
-        h = solve_affine(a, b, h0.astype(a.dtype), reverse, dense=False)
+        h = time.solve_affine(a, b, h0.astype(a.dtype), reverse, dense=False)
     states = cell.from_state(h)
     return jax.tree.map(lambda s, c: s.astype(c.dtype), states, carry)

@@ -37,7 +37,7 @@ from seqjax import _checks
 from seqjax._types import Array, PyTree
 from seqjax.cells._base import Cell, jacobian_diagonal, row_jacobians
 from seqjax.methods._base import Inputs, Method, ParallelInfo
-from seqjax.methods._parallel import evaluate, shift, solve_affine
+from seqjax.methods._parallel import LOCAL, Local, evaluate
 
 DERIVATIVES = ("parallel", "sequential")
 
@@ -87,6 +87,11 @@ class _NewtonMethod(Method):
         return carry, ys
 
     def run_with_info(self, cell, params, inputs):
+        return self.evaluate_on(cell, params, inputs, LOCAL)
+
+    def evaluate_on(self, cell: Cell, params: PyTree, inputs: Inputs, time: Local):
+        """:meth:`run_with_info` on the time axis ``time`` (``inputs`` hold its chunk)."""
+
         def solve(px, carry, fresh, valid):
             state_dtype = jax.tree.leaves(carry)[0].dtype
             tol = self.tol
@@ -104,10 +109,11 @@ class _NewtonMethod(Method):
                 damping=float(self.damping),
                 fallback=self.fallback,
                 derivative=self.derivative,
+                time=time,
             )
             return _newton(config, params, px, carry, valid, inputs.resets)
 
-        return evaluate(cell, params, inputs, solve)
+        return evaluate(cell, params, inputs, solve, time)
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,7 @@ class _Newton:
     damping: float
     fallback: bool
     derivative: str
+    time: Local = LOCAL  # where the time axis lies: every reach across steps goes through it
 
     def fresh(self, batch: int, dtype) -> Array:
         return self.layout.flatten(self.cell.init_carry((batch,), dtype))
@@ -261,7 +268,7 @@ def _newton(config: _Newton, params, px, carry, valid, resets):
 
 def _linearise(config: _Newton, params, px, s, h0, valid, reset):
     """At the guess ``s`` ``[T, N, D]``: the entering states, ``f(s_{t-1})`` and the Jacobians."""
-    s_prev = shift(s, h0, config.reverse)
+    s_prev = config.time.shift(s, h0, config.reverse)
     fresh = config.fresh(1, s.dtype)
     s_in = jnp.where(reset[..., None], jnp.broadcast_to(fresh, s.shape), s_prev)
     mask_v = valid[..., None]
@@ -295,7 +302,7 @@ def _sequential_states(config: _Newton, params, px, h0, valid, reset) -> Array:
         s = config.effective(params, s, p, v, r)
         return s, s
 
-    _, states = jax.lax.scan(body, h0, (px, valid, reset), reverse=config.reverse)
+    _, states = config.time.scan(body, h0, (px, valid, reset), config.reverse)
     return states
 
 
@@ -304,12 +311,12 @@ def _newton_forward(config: _Newton, params, px, h0, valid, reset):
     guess = jnp.broadcast_to(h0, (px.shape[0], *h0.shape))
 
     def residual(s, f):
-        return jnp.max(jnp.abs(s - f))
+        return config.time.max(jnp.max(jnp.abs(s - f)))
 
     def iterate(state):
         k, s, s_prev, f, jac, _ = state
         c = f - _apply_jacobian(jac, s_prev, dense)
-        s = solve_affine(jac, c, h0, config.reverse, dense)
+        s = config.time.solve_affine(jac, c, h0, config.reverse, dense)
         s_prev, f, jac = _linearise(config, params, px, s, h0, valid, reset)
         return k + 1, s, s_prev, f, jac, residual(s, f)
 
@@ -344,18 +351,16 @@ def _newton_states_bwd(config: _Newton, residuals, cotangents):
     """Implicit-function-theorem VJP: one backward linear scan, then one time-parallel VJP."""
     params, px, h0, valid, reset, states = residuals
     g_states = cotangents[0]
-    s_prev = shift(states, h0, config.reverse)
+    time = config.time
+    s_prev = time.shift(states, h0, config.reverse)
     effective = functools.partial(config.effective, valid=valid, reset=reset)
     _, vjp = jax.vjp(effective, params, s_prev, px)
     if config.derivative == "parallel":
         jac_t = jnp.swapaxes(config.dense_jacobian(params, s_prev, px, valid, reset), -1, -2)
-        zero = jnp.zeros_like(jac_t[:1])
-        # lambda_t = g_t + J_next^T lambda_next, next = t + 1 (t - 1 when the scan ran reversed)
-        if config.reverse:
-            jac_next = jnp.concatenate([zero, jac_t[:-1]])
-        else:
-            jac_next = jnp.concatenate([jac_t[1:], zero])
-        adjoint = solve_affine(
+        # lambda_t = g_t + J_next^T lambda_next, next = t + 1 (t - 1 when the scan ran reversed):
+        # the Jacobians shifted against the direction of the recurrence, zero past its end.
+        jac_next = time.shift(jac_t, jnp.zeros_like(jac_t[0]), not config.reverse)
+        adjoint = time.solve_affine(
             jac_next, g_states, jnp.zeros_like(h0), not config.reverse, dense=True
         )
     else:
@@ -366,14 +371,11 @@ def _newton_states_bwd(config: _Newton, residuals, cotangents):
             _, vjp_one = jax.vjp(lambda s: config.effective(params, s, p, v, r), s)
             return vjp_one(lam)[0], lam
 
-        _, adjoint = jax.lax.scan(
-            body,
-            jnp.zeros_like(h0),
-            (s_prev, px, valid, reset, g_states),
-            reverse=not config.reverse,
+        _, adjoint = time.scan(
+            body, jnp.zeros_like(h0), (s_prev, px, valid, reset, g_states), not config.reverse
         )
     g_params, g_prev, g_px = vjp(adjoint)
-    g_h0 = g_prev[-1] if config.reverse else g_prev[0]
+    g_h0 = time.at_start(g_prev[-1] if config.reverse else g_prev[0], config.reverse)
     return g_params, g_px, g_h0, None, None
 
 
