@@ -911,7 +911,7 @@ def _writer(checkpoint_dir: str | None):
         lock.release()  # a no-op in the processes that do not hold it
 
 
-SETTINGS_FILE = "seqjax_run.json"
+SETTINGS_FILE = "seqjax_run.json"  #: The run options recorded beside the checkpoints.
 
 
 def write_settings(checkpoint_dir: str, settings: dict[str, Any]) -> None:

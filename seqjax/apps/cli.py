@@ -7,6 +7,11 @@ Exit status: 0 on success; 2 for a bad option or input (a one-line message, no t
 1 when training diverges or the library fails unexpectedly (one line; ``SEQJAX_DEBUG=1``
 re-raises for the traceback); 130 after Ctrl-C (SIGINT) and 143 after SIGTERM, once the
 run is saved.
+
+In a run of several processes (``--coordinator``, ``--num-processes``, ``--process-id``, or
+``--distributed``) every process runs the same command; process 0 alone prints, evaluates
+the held-out text and samples (on a host copy of the parameters), and a signal to any
+process stops all of them after the same call, saved.
 """
 
 from __future__ import annotations
@@ -355,6 +360,10 @@ def _stopped(signum: int, done: int, steps: int, directory: str | None) -> int:
         line += (
             f"checkpoint step {saved} is saved in {directory}; resume with: {shlex.join(resume)}"
         )
+        import jax
+
+        if jax.process_count() > 1:
+            line += " in every process, with its --coordinator ... (or --distributed)"
     _say(line)
     return 128 + signum
 
