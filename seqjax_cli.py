@@ -449,6 +449,12 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, frozenset[
         if args.resume and args.checkpoint_dir is None:
             parser.commands["train-charlm"].error("--resume needs --checkpoint-dir")
         _check_processes(args, parser.commands["train-charlm"])
+        if args.num_processes is not None and (
+            "batch_size" in explicit or args.checkpoint_dir is None
+        ):  # a new run's streams; a resumed run's saved ones are checked once JAX has started
+            problem = check_combination(vars(args), args.num_processes)
+            if problem is not None:
+                parser.commands["train-charlm"].error(problem)
     return args, explicit
 
 

@@ -17,6 +17,8 @@ on 2 cores (the resumed processes reuse the first ones' compiled programs).
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -179,6 +181,11 @@ def test_both_processes_resume_the_saved_run_and_continue(runs):
             "--process-id must lie in [0, --num-processes = 2); got 2",
         ),
         (["--distributed", "--process-id", "0"], "cannot be combined with --process-id"),
+        (
+            ["--batch-size", "6", "--coordinator", "h:1", "--num-processes", "4"]
+            + ["--process-id", "0"],
+            "--batch-size (6 streams) must be divisible by the 4 devices of --num-processes 4",
+        ),
     ],
 )
 def test_process_options_are_checked_without_jax(capsys, options, words):
@@ -199,3 +206,31 @@ def test_the_streams_must_divide_over_every_process_device():
     assert "(1 per process)" in problem
     assert seqjax_cli.check_combination({**values, "devices": 3}, 2) is None  # 6 % 6 == 0
     assert seqjax_cli.check_combination({**values, "devices": 1}, 3) is None
+
+
+def test_ctrl_c_while_waiting_for_the_other_processes_ends_at_once(tmp_path):
+    """Process 0 of 2 alone waits in jax.distributed's join; Ctrl-C must not wait for JAX's
+    5-minute timeout (a Python handler would run only after it)."""
+    port = worker.free_port()
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(data.python_stdlib_text(5_000))
+    joined = ["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", "0"]
+    proc = _start(_train(str(corpus), tmp_path / "ck", 2, *joined), tmp_path / "jax-cache")
+    waited = time.monotonic()
+    while not _listening(port):  # the coordinator's service is up: process 0 is joining
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - waited < DEADLINE, "the coordinator never started"
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGINT
+    assert not (tmp_path / "ck").exists()  # nothing was written
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("localhost", port)) == 0

@@ -17,6 +17,7 @@ process stops all of them after the same call, saved.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -234,13 +235,31 @@ def _start_jax(args: argparse.Namespace, requested) -> None:
         return
     from seqjax import sharding
 
-    sharding.initialize_distributed(
-        args.coordinator,
-        args.num_processes,
-        args.process_id,
-        cpu_devices=1 if requested == "auto" else requested,
-    )
+    with _signals_kill():  # waiting for the others: Ctrl-C or SIGTERM ends the wait at once
+        sharding.initialize_distributed(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            cpu_devices=1 if requested == "auto" else requested,
+        )
     _Output.quiet = not sharding.is_main_process()
+
+
+@contextlib.contextmanager
+def _signals_kill():
+    """SIGINT and SIGTERM with the system's default action (the process ends) while JAX
+    waits, in one call, for every process to join: a Python handler would run only once that
+    call returns (JAX's initialization timeout, 5 minutes by default), and there is nothing
+    to save yet."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in _StopRequests.SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _expose_devices(requested) -> None:
@@ -278,7 +297,9 @@ def _devices(requested, batch_size: int) -> int:
 def _train(args: argparse.Namespace, explicit: frozenset[str]) -> int:
     from seqjax.apps import char_lm
 
-    with _StopRequests(_say) as stop:  # from the start: a signal at any point stops cleanly
+    # Before the handlers: a signal while the processes join (or JAX starts) ends this one.
+    _start_jax(args, _requested_devices(args, explicit))
+    with _StopRequests(_say) as stop:  # from here on: a signal at any point stops cleanly
         config, values, devices = _plan(args, explicit)
         steps = values["steps"]
         model, state, _ = char_lm.train_char_lm(
@@ -306,8 +327,7 @@ def _train(args: argparse.Namespace, explicit: frozenset[str]) -> int:
 
 def _plan(args: argparse.Namespace, explicit: frozenset[str]):
     """The run's configuration, option values and device count, checked; prints what the
-    run will do (and, on resume, what it changes)."""
-    _start_jax(args, _requested_devices(args, explicit))
+    run will do (and, on resume, what it changes). Call after :func:`_start_jax`."""
     plan = _resolve(args, explicit)
     values = plan.values
     problem = seqjax_cli.check_combination(values, args.num_processes)
