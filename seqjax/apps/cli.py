@@ -383,7 +383,7 @@ def _stopped(signum: int, done: int, steps: int, directory: str | None) -> int:
         import jax
 
         if jax.process_count() > 1:
-            line += " in every process, with its --coordinator ... (or --distributed)"
+            line += " (in every process, adding its --coordinator ... or --distributed)"
     _say(line)
     return 128 + signum
 
