@@ -9,7 +9,8 @@ argument answer in a few milliseconds, and the commands themselves
 Every option of ``seqjax train-charlm`` is one of two kinds (:data:`MODEL_OPTIONS` and
 :data:`RUN_OPTIONS`): the options that define the model and its data are saved with each
 checkpoint and are fixed for the life of a run; the others may change when a run is
-resumed.
+resumed. The process options (``--coordinator``, ``--num-processes``, ``--process-id``,
+``--distributed``) belong to one invocation of one process and are not recorded.
 """
 
 from __future__ import annotations
@@ -151,6 +152,15 @@ def _devices(text: str) -> int | str:
         ) from None
 
 
+def _address(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"must be HOST:PORT, a host name or address and a port in [1, 65535]; got {text!r}"
+        )
+    return text
+
+
 def _prompt(text: str) -> bytes:
     # The shell hands over bytes; Python decodes them with surrogateescape, which gives back
     # exactly those bytes (a non-UTF-8 prompt included: the model reads bytes).
@@ -277,9 +287,11 @@ def _parser(bench_options: bool = False) -> _Parser:
         "--devices",
         type=_devices,
         default="auto",
-        help="split the streams over this many devices; auto: on CPU as many host devices "
-        "as there are cores, up to 8, that divide --batch-size (on 2 cores that is 1.3x "
-        "the updates/s of one device), on a GPU or TPU one",
+        help="split the streams over this many devices (in a run of several processes: "
+        "this many in each process); auto: on CPU as many host devices as there are cores, "
+        "up to 8, that divide --batch-size (on 2 cores that is 1.3x the updates/s of one "
+        "device), on a GPU or TPU one; in a run of several processes, 1 per process (start "
+        "one process per core, or per GPU)",
     )
     saving = lm.add_argument_group("checkpoints")
     saving.add_argument(
@@ -296,6 +308,7 @@ def _parser(bench_options: bool = False) -> _Parser:
         help="fail unless --checkpoint-dir holds a run to resume (a directory holding one "
         "is resumed either way)",
     )
+    _process_options(lm)
     _sampling_options(lm, default_length=400)
 
     sample = commands.add_parser(
@@ -342,6 +355,56 @@ def _parser(bench_options: bool = False) -> _Parser:
     return parser
 
 
+def _process_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "processes",
+        "Train as one of several processes (jax.distributed), each with its own devices, on "
+        "one machine or many: every process runs the same command, with its own "
+        "--process-id, and the same --checkpoint-dir on a shared file system. Each process "
+        "keeps only its own streams; process 0 alone prints.",
+    )
+    group.add_argument(
+        "--coordinator",
+        type=_address,
+        metavar="HOST:PORT",
+        help="address of process 0's coordinator, the same in every process (with "
+        "--num-processes and --process-id)",
+    )
+    group.add_argument(
+        "--num-processes", type=_positive, metavar="N", help="how many processes take part"
+    )
+    group.add_argument(
+        "--process-id", type=_count, metavar="I", help="this process's index, in [0, N)"
+    )
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a run of several processes whose coordinator, count and index JAX "
+        "detects from the cluster (Slurm, Open MPI, Kubernetes)",
+    )
+
+
+def _check_processes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """The process options: the explicit three together (or none), or --distributed alone."""
+    names = ("coordinator", "num_processes", "process_id")
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
+    if args.distributed and given:
+        parser.error(
+            f"--distributed (JAX detects the cluster) cannot be combined with {', '.join(given)}"
+            "; give either --distributed or all of --coordinator, --num-processes, --process-id"
+        )
+    if given and len(given) < len(names):
+        parser.error(
+            "--coordinator, --num-processes and --process-id go together; got only "
+            + ", ".join(given)
+        )
+    if given and args.process_id >= args.num_processes:
+        parser.error(
+            f"--process-id must lie in [0, --num-processes = {args.num_processes}); got "
+            f"{args.process_id}"
+        )
+
+
 def _sampling_options(parser: argparse.ArgumentParser, default_length: int) -> None:
     group = parser.add_argument_group("sampling")
     group.add_argument(
@@ -385,6 +448,13 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, frozenset[
         _quick_defaults(args, explicit)
         if args.resume and args.checkpoint_dir is None:
             parser.commands["train-charlm"].error("--resume needs --checkpoint-dir")
+        _check_processes(args, parser.commands["train-charlm"])
+        if args.num_processes is not None and (
+            "batch_size" in explicit or args.checkpoint_dir is None
+        ):  # a new run's streams; a resumed run's saved ones are checked once JAX has started
+            problem = check_combination(vars(args), args.num_processes)
+            if problem is not None:
+                parser.commands["train-charlm"].error(problem)
     return args, explicit
 
 
@@ -403,18 +473,27 @@ def _quick_defaults(args, explicit) -> None:
             setattr(args, name, value)
 
 
-def check_combination(values: dict) -> str | None:
+def check_combination(values: dict, processes: int | None = None) -> str | None:
     """What is wrong with a train-charlm run's options taken together (None: nothing).
 
     Called once a resumed run's saved options are merged with the ones given, before any
-    work.
+    work. ``processes``: --num-processes when given (the streams are split over the
+    devices of every process).
     """
     if values["backprop"] is not None and values["backprop"] < values["window"]:
         return (
             f"--backprop (k2 = {values['backprop']}) must be >= --window (k1 = {values['window']})"
         )
     devices = values["devices"]
-    if devices != "auto" and values["batch_size"] % devices:
+    if processes is not None and processes > 1:
+        per_process = 1 if devices == "auto" else devices
+        if values["batch_size"] % (per_process * processes):
+            return (
+                f"--batch-size ({values['batch_size']} streams) must be divisible by the "
+                f"{per_process * processes} devices of --num-processes {processes} x "
+                f"--devices {devices}" + (" (1 per process)" if devices == "auto" else "")
+            )
+    elif devices != "auto" and values["batch_size"] % devices:
         return (
             f"--batch-size ({values['batch_size']} streams) must be divisible by --devices "
             f"({devices})"

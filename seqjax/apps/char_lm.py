@@ -37,6 +37,7 @@ from seqjax import checkpoint, generate, losses, sharding, train
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.apps import data
 from seqjax.cells import BY_NAME
+from seqjax.checkpoint import _processes
 from seqjax.embedded import embedded_unroll
 from seqjax.layers import Dense, Embedding, Stack
 
@@ -56,8 +57,10 @@ __all__ = [
     "device_mesh",
     "evaluate",
     "generate_text",
+    "host_copy",
     "load",
     "load_trained",
+    "local_rows",
     "make_chunk_fn",
     "new_state",
     "place_state",
@@ -413,10 +416,18 @@ def device_mesh(devices: int, batch_size: int) -> jax.sharding.Mesh | None:
     """A mesh over the first ``devices`` devices for ``batch_size`` streams (None for 1).
 
     On CPU the devices are host devices: call :func:`seqjax.sharding.use_cpu_devices`
-    before JAX initialises (``seqjax train-charlm --devices N`` does).
+    before JAX initialises (``seqjax train-charlm --devices N`` does). In a run of several
+    processes (``jax.distributed``), ``devices`` counts the devices of each process, and the
+    mesh spans the first ``devices`` of every process (a mesh even for 1).
+
+    Raises:
+        ValueError: ``devices`` is not a positive int, more than JAX sees (in a process), or
+            does not divide ``batch_size`` (with the processes: times their count).
     """
     if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
         raise ValueError(f"train_char_lm: devices must be a positive int; got {devices!r}")
+    if jax.process_count() > 1:
+        return _process_mesh(devices, batch_size)
     if devices == 1:
         return None
     available = jax.devices()
@@ -435,21 +446,81 @@ def device_mesh(devices: int, batch_size: int) -> jax.sharding.Mesh | None:
     return sharding.batch_mesh(available[:devices])
 
 
+def _process_mesh(devices: int, batch_size: int) -> jax.sharding.Mesh:
+    """The mesh of a run of several processes: the first ``devices`` of each process's
+    devices, in process order (as :func:`seqjax.sharding.process_rows` needs)."""
+    local = jax.local_devices()
+    if devices > len(local):
+        raise ValueError(
+            f"train_char_lm: devices={devices} per process, but process {jax.process_index()} "
+            f"sees {len(local)} {jax.default_backend()} device(s); on CPU, pass "
+            f"cpu_devices={devices} to seqjax.sharding.initialize_distributed (the "
+            f"`--devices {devices}` option of `seqjax train-charlm` does)"
+        )
+    processes = jax.process_count()
+    chosen = [
+        device
+        for process in range(processes)
+        for device in [d for d in jax.devices() if d.process_index == process][:devices]
+    ]
+    if batch_size % len(chosen):
+        raise ValueError(
+            f"train_char_lm: batch_size ({batch_size} streams) must be divisible by the "
+            f"{len(chosen)} devices of the run ({processes} processes x {devices} devices)"
+        )
+    return sharding.batch_mesh(chosen)
+
+
+def local_rows(tree: PyTree, mesh: jax.sharding.Mesh | None, axis: int = 0) -> PyTree:
+    """This process's streams of ``tree`` (every leaf's ``axis`` is the global batch ``B``):
+    in a run of several processes the rows :func:`seqjax.sharding.process_rows` names,
+    else ``tree`` itself."""
+    if mesh is None or jax.process_count() == 1:
+        return tree
+    size = jax.tree.leaves(tree)[0].shape[axis]
+    rows = sharding.process_rows(size, mesh)
+    return jax.tree.map(lambda x: x[(slice(None),) * axis + (rows,)], tree)
+
+
 def place_state(state: TrainState, mesh: jax.sharding.Mesh | None) -> TrainState:
-    """Put ``state`` on ``mesh``: the carries split by stream, everything else replicated."""
+    """Put ``state`` on ``mesh``: the carries split by stream, everything else replicated.
+
+    ``state`` holds every stream's carry (``[B, H]`` leaves); in a run of several processes
+    each process places only its own streams' (:func:`local_rows`) and the result is the
+    global array.
+    """
     if mesh is None:
         return state
-    return sharding.replicate(state, mesh)._replace(
-        carry=sharding.shard_batch(state.carry, mesh, axis=0)
-    )
+    if jax.process_count() == 1:
+        return sharding.replicate(state, mesh)._replace(
+            carry=sharding.shard_batch(state.carry, mesh, axis=0)
+        )
+    carry = sharding.shard_batch(local_rows(state.carry, mesh), mesh, axis=0)
+    return sharding.replicate(state._replace(carry=()), mesh)._replace(carry=carry)
 
 
 def place_windows(windows, mesh: jax.sharding.Mesh | None) -> tuple:
-    """Move numpy windows ``[C, k2, B]`` (from ``_windows``) to the device(s)."""
+    """Move numpy windows ``[C, k2, B]`` (from ``_windows``) to the device(s).
+
+    In a run of several processes each process passes the windows of its own streams
+    (``[C, k2, B / P]``) and gets the global arrays back.
+    """
     if mesh is None:
         return tuple(jnp.asarray(a) for a in windows)
+    if jax.process_count() > 1:
+        return tuple(sharding.shard_batch(tuple(windows), mesh, axis=2))
     where = jax.sharding.NamedSharding(mesh, sharding.batch_spec(2, axis_name=mesh.axis_names[0]))
     return tuple(jax.device_put(a, where) for a in windows)
+
+
+def host_copy(tree: PyTree) -> PyTree:
+    """``tree`` (replicated arrays) as host arrays in a run of several processes, else itself.
+
+    A jitted call on a global array is a computation every process must join; on the host
+    copy, one process (process 0: the held-out figure, the sample) computes alone on its own
+    device.
+    """
+    return jax.device_get(tree) if jax.process_count() > 1 else tree
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -798,7 +869,7 @@ def train_loop(
                     held = corpus.held_out[:RUNNING_EVAL_BYTES]
                     whole = len(held) == len(corpus.held_out)
                     label = "all" if whole else f"first {len(held) // 1024} KiB"
-                    bar.held_out(evaluate(model, state.params, held), label)
+                    bar.held_out(evaluate(model, host_copy(state.params), held), label)
                 bar.update(step, history[-1]["loss"], history[-1]["grad_norm"])
             if (
                 checkpoint_dir is not None
@@ -816,16 +887,31 @@ def train_loop(
 
 @contextlib.contextmanager
 def _writer(checkpoint_dir: str | None):
-    """Hold the checkpoint directory for the whole run (None: nothing to hold)."""
+    """Hold the checkpoint directory for the whole run (None: nothing to hold).
+
+    A run of several processes is one writer: every process checks that it can write the
+    directory, process 0 alone takes the lock (as :func:`seqjax.checkpoint.save` expects),
+    and a failure in any process raises in all of them (collectives: every process enters
+    together).
+    """
     if checkpoint_dir is None:
         yield
         return
-    checkpoint.check_writable(checkpoint_dir)
-    with checkpoint.CheckpointLock(checkpoint_dir):
+    if jax.process_count() == 1:
+        checkpoint.check_writable(checkpoint_dir)
+        with checkpoint.CheckpointLock(checkpoint_dir):
+            yield
+        return
+    _processes.attempt(lambda: checkpoint.check_writable(checkpoint_dir), (OSError,))
+    lock = checkpoint.CheckpointLock(checkpoint_dir)
+    _processes.on_main(lock.acquire)
+    try:
         yield
+    finally:
+        lock.release()  # a no-op in the processes that do not hold it
 
 
-SETTINGS_FILE = "seqjax_run.json"
+SETTINGS_FILE = "seqjax_run.json"  #: The run options recorded beside the checkpoints.
 
 
 def write_settings(checkpoint_dir: str, settings: dict[str, Any]) -> None:
@@ -884,7 +970,11 @@ def train_char_lm(
             ``batch_size`` must be divisible by it. On CPU these are host devices, which must
             exist before JAX initialises (:func:`seqjax.sharding.use_cpu_devices`). The
             updates equal the single-device ones up to the order of float sums; checkpoints
-            are the same either way.
+            are the same either way. In a run of several processes (after
+            :func:`seqjax.sharding.initialize_distributed`), the devices of each process:
+            the streams are split over all of them (:func:`device_mesh`), each process
+            keeps its own streams of the corpus (:func:`local_rows`), every process saves
+            and restores the checkpoints together, and process 0 alone logs.
         stop: asked after every call; True stops the run there (saved, if a directory is
             set), before ``steps``.
         progress: show a :class:`Progress` display (lines through ``log``).
@@ -901,6 +991,7 @@ def train_char_lm(
     if learning_rate is not None:
         learning_rate = _check_step_size("learning_rate", learning_rate, "train_char_lm")
     mesh = device_mesh(devices, config.batch_size)
+    log, progress, stop = _for_processes(log, progress, stop)
     model = CharLM(config)
     if checkpoint_dir is not None:
         checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
@@ -911,6 +1002,7 @@ def train_char_lm(
             for warning in caught:
                 log(f"warning: {warning.message}")
     corpus = load(config)
+    corpus = corpus._replace(streams=local_rows(corpus.streams, mesh))
     with _writer(checkpoint_dir):
         state, restored = resume_or_start(model, mesh, checkpoint_dir, log=log)
         if learning_rate is not None:
@@ -919,7 +1011,7 @@ def train_char_lm(
                 log(f"learning rate {before:g} -> {learning_rate:g} from step {restored} on")
             rate = jnp.asarray(learning_rate, jnp.float32)
             state = state._replace(learning_rate=jax.device_put(rate, state.learning_rate.sharding))
-        if settings is not None and checkpoint_dir is not None:
+        if settings is not None and checkpoint_dir is not None and sharding.is_main_process():
             write_settings(checkpoint_dir, settings)
         state, history = train_loop(
             model,
@@ -935,6 +1027,36 @@ def train_char_lm(
             stop=stop,
         )
     return model, state, history
+
+
+def _for_processes(
+    log: Callable[[str], None], progress: bool, stop: Callable[[], bool] | None
+) -> tuple[Callable[[str], None], bool, Callable[[], bool] | None]:
+    """``log``, ``progress`` and ``stop`` for this process of the run.
+
+    In a run of several processes, process 0 alone logs and shows progress, and a stop
+    asked in any process (a signal) stops every process after the same call: each call of
+    the returned ``stop`` is a collective. With one process all three are unchanged.
+    """
+    if jax.process_count() == 1:
+        return log, progress, stop
+    if not sharding.is_main_process():
+        log, progress = _silent, False
+    if stop is None:
+        return log, progress, None
+    asked = stop
+
+    def any_process_asked() -> bool:
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.asarray([asked()], np.int32))
+        return bool(np.any(flags))
+
+    return log, progress, any_process_asked
+
+
+def _silent(line: str) -> None:
+    """The log of the processes other than 0: nothing."""
 
 
 def load_trained(

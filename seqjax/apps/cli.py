@@ -7,11 +7,17 @@ Exit status: 0 on success; 2 for a bad option or input (a one-line message, no t
 1 when training diverges or the library fails unexpectedly (one line; ``SEQJAX_DEBUG=1``
 re-raises for the traceback); 130 after Ctrl-C (SIGINT) and 143 after SIGTERM, once the
 run is saved.
+
+In a run of several processes (``--coordinator``, ``--num-processes``, ``--process-id``, or
+``--distributed``) every process runs the same command; process 0 alone prints, evaluates
+the held-out text and samples (on a host copy of the parameters), and a signal to any
+process stops all of them after the same call, saved.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import signal
@@ -65,8 +71,15 @@ def run(args: argparse.Namespace, explicit: frozenset[str] = frozenset()) -> int
         return fail(f"internal error: {type(err).__name__}", err, 1, hint)
 
 
+class _Output:
+    """Whether this process prints: all but processes 1.. of a multi-process run."""
+
+    quiet = False
+
+
 def _say(line: str) -> None:
-    print(line, flush=True)  # at once, also into a pipe (a CI log, `| tee`)
+    if not _Output.quiet:
+        print(line, flush=True)  # at once, also into a pipe (a CI log, `| tee`)
 
 
 # --------------------------------------------------------------------------- signals
@@ -213,6 +226,42 @@ def _requested_devices(args: argparse.Namespace, explicit: frozenset[str]):
     return char_lm.read_settings(args.checkpoint_dir).get("devices", args.devices)
 
 
+def _start_jax(args: argparse.Namespace, requested) -> None:
+    """Before JAX initialises: join the run's processes when asked (``--coordinator`` ...
+    or ``--distributed``), with ``--devices`` host devices in this process (auto: 1), and
+    silence every process but 0; else set this process's host device count."""
+    if args.coordinator is None and not args.distributed:
+        _expose_devices(requested)
+        return
+    from seqjax import sharding
+
+    with _signals_kill():  # waiting for the others: Ctrl-C or SIGTERM ends the wait at once
+        sharding.initialize_distributed(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            cpu_devices=1 if requested == "auto" else requested,
+        )
+    _Output.quiet = not sharding.is_main_process()
+
+
+@contextlib.contextmanager
+def _signals_kill():
+    """SIGINT and SIGTERM with the system's default action (the process ends) while JAX
+    waits, in one call, for every process to join: a Python handler would run only once that
+    call returns (JAX's initialization timeout, 5 minutes by default), and there is nothing
+    to save yet."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in _StopRequests.SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _expose_devices(requested) -> None:
     """Set the host device count before JAX initialises (reading a checkpoint's meta record
     with orbax initialises it): the count asked for, or for auto the most that auto may
@@ -231,23 +280,26 @@ def _expose_devices(requested) -> None:
 
 
 def _devices(requested, batch_size: int) -> int:
-    """The devices to train on: for auto, :func:`seqjax.apps.char_lm.auto_devices` over the
-    host devices JAX has (one on a GPU or TPU)."""
+    """The devices to train on (in each process of a multi-process run): for auto,
+    :func:`seqjax.apps.char_lm.auto_devices` over the host devices JAX has (one on a GPU or
+    TPU, and one per process in a run of several)."""
     import jax
 
     from seqjax.apps import char_lm
 
     if requested != "auto":
         return requested
-    if jax.default_backend() != "cpu":
-        return 1
+    if jax.default_backend() != "cpu" or jax.process_count() > 1:
+        return 1  # several processes: one device each (one process per core or chip)
     return char_lm.auto_devices(batch_size, cores=len(jax.devices("cpu")))
 
 
 def _train(args: argparse.Namespace, explicit: frozenset[str]) -> int:
     from seqjax.apps import char_lm
 
-    with _StopRequests(_say) as stop:  # from the start: a signal at any point stops cleanly
+    # Before the handlers: a signal while the processes join (or JAX starts) ends this one.
+    _start_jax(args, _requested_devices(args, explicit))
+    with _StopRequests(_say) as stop:  # from here on: a signal at any point stops cleanly
         config, values, devices = _plan(args, explicit)
         steps = values["steps"]
         model, state, _ = char_lm.train_char_lm(
@@ -263,20 +315,22 @@ def _train(args: argparse.Namespace, explicit: frozenset[str]) -> int:
         )
         if stop.requested():
             return _stopped(stop.signum, int(state.step), steps, args.checkpoint_dir)
+    if _Output.quiet:  # process 0 of several evaluates and samples, on its own device
+        return 0
+    params = char_lm.host_copy(state.params)
     held_out = char_lm.load(config).held_out
-    bpc = char_lm.evaluate(model, state.params, held_out)
+    bpc = char_lm.evaluate(model, params, held_out)
     _say(f"held-out bits per character: {bpc:.3f}")
-    _print_sample(model, state, values, config.seed)
+    _print_sample(model, params, values, config.seed)
     return 0
 
 
 def _plan(args: argparse.Namespace, explicit: frozenset[str]):
     """The run's configuration, option values and device count, checked; prints what the
-    run will do (and, on resume, what it changes)."""
-    _expose_devices(_requested_devices(args, explicit))
+    run will do (and, on resume, what it changes). Call after :func:`_start_jax`."""
     plan = _resolve(args, explicit)
     values = plan.values
-    problem = seqjax_cli.check_combination(values)
+    problem = seqjax_cli.check_combination(values, args.num_processes)
     if problem is not None:
         raise ValueError(problem)
     devices = _devices(values["devices"], values["batch_size"])
@@ -284,6 +338,7 @@ def _plan(args: argparse.Namespace, explicit: frozenset[str]):
 
     from seqjax.apps import char_lm
 
+    processes = f"{jax.process_count()} processes x " if jax.process_count() > 1 else ""
     model_options = {name: values[name] for name in seqjax_cli.MODEL_OPTIONS}
     config = char_lm.CharLMConfig(learning_rate=values["learning_rate"], **model_options)
     directory = args.checkpoint_dir
@@ -296,7 +351,7 @@ def _plan(args: argparse.Namespace, explicit: frozenset[str]):
         f"{action}: {config.cell.upper()} {config.num_layers}x{config.hidden_size} on "
         f"{config.corpus or 'the Python standard library source'}, {values['steps']} updates "
         f"of {config.batch_size} streams x {config.window} steps, on {jax.default_backend()} "
-        f"({devices} device{'s' if devices > 1 else ''}); saving to "
+        f"({processes}{devices} device{'s' if devices > 1 else ''}); saving to "
         + (directory or "nothing (no --checkpoint-dir)")
     )
     for note in plan.notes:
@@ -325,18 +380,22 @@ def _stopped(signum: int, done: int, steps: int, directory: str | None) -> int:
         line += (
             f"checkpoint step {saved} is saved in {directory}; resume with: {shlex.join(resume)}"
         )
-    print(line, flush=True)
+        import jax
+
+        if jax.process_count() > 1:
+            line += " (in every process, adding its --coordinator ... or --distributed)"
+    _say(line)
     return 128 + signum
 
 
-def _print_sample(model, state, values: dict, seed: int) -> None:
+def _print_sample(model, params, values: dict, seed: int) -> None:
     import jax
 
     from seqjax.apps import char_lm
 
     raw = char_lm.sample_bytes(
         model,
-        state.params,
+        params,
         values["prompt"],
         values["length"],
         jax.random.key(seed),
@@ -355,7 +414,7 @@ def _sample(args: argparse.Namespace, explicit: frozenset[str]) -> int:
 
     model, state = char_lm.load_trained(args.checkpoint_dir, log=_say)
     values = {name: getattr(args, name) for name in ("prompt", "length", "temperature", "top_k")}
-    _print_sample(model, state, values, args.seed)
+    _print_sample(model, state.params, values, args.seed)
     return 0
 
 
