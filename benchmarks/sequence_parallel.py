@@ -5,10 +5,11 @@ At a fixed memory budget per device, how long a sequence can one training step
 (forward and backward, ``value_and_grad`` of ``mean(ys**2)`` for the parameters) handle on
 1, 2 and 4 devices, and what does one step cost against one device?
 
-* Models: a minGRU (``I = H = 32``, log space) whose chunks run the associative scan, and a
-  GRU (``I = H = 8``) whose chunks run DEER (dense ``[2H.. ]`` Jacobians: the GRU's state
-  is ``H``), one sequence (``B = 1``), float32. Baselines on one device: ``lax.scan`` BPTT
-  (``Scan``), and the method run without sharding (``Associative`` / ``DEER``).
+* Models: a minGRU (``I = H = 32``, log space) whose chunks run one ``lax.scan`` each
+  (``SequenceParallel``'s default for linear cells) or the associative scan, and a GRU
+  (``I = H = 8``) whose chunks run DEER (dense ``[H, H]`` Jacobians), one sequence
+  (``B = 1``), float32. Baselines on one device: ``lax.scan`` BPTT (``Scan``), and the
+  parallel method run without sharding (``Associative`` / ``DEER``).
 * Memory per device: what XLA reports for the compiled step (``memory_analysis``: arguments,
   outputs and temporaries of one device's program), compiled from shapes only. The largest
   ``T`` within the budget is found from two compiles (the bytes grow linearly in ``T``), then
@@ -63,10 +64,15 @@ def parse(argv):
 
 
 def models(sizes) -> dict:
+    """name -> (cell, {label: chunk solver}, the same solver unsplit on one device)."""
     n, g = sizes["min_gru"], sizes["gru"]
     return {
-        "minGRU": (sj.MinGRUCell(n, n), sj.Associative()),
-        "GRU": (sj.GRUCell(g, g), sj.DEER()),
+        "minGRU": (
+            sj.MinGRUCell(n, n),
+            {"SequenceParallel": None, "SequenceParallel, Associative chunks": sj.Associative()},
+            sj.Associative(),
+        ),
+        "GRU": (sj.GRUCell(g, g), {"SequenceParallel": sj.DEER()}, sj.DEER()),
     }
 
 
@@ -77,12 +83,12 @@ def step_fn(cell, method):
     return jax.value_and_grad(loss)
 
 
-def contenders(cell, inner, devices: int, baselines: bool) -> dict:
+def contenders(solvers: dict, unsplit, devices: int, baselines: bool) -> dict:
     """The methods measured in this process: label -> (method, mesh or None)."""
     mesh = sharding.grid_mesh(time=devices)
-    out = {"SequenceParallel": (sj.SequenceParallel(mesh, solver=inner), mesh)}
+    out = {label: (sj.SequenceParallel(mesh, solver=s), mesh) for label, s in solvers.items()}
     if devices == 1 and baselines:
-        out |= {"Scan (lax.scan)": (sj.Scan(), None), type(inner).__name__: (inner, None)}
+        out |= {"Scan (lax.scan)": (sj.Scan(), None), type(unsplit).__name__: (unsplit, None)}
     return out
 
 
@@ -116,9 +122,10 @@ def child(args) -> list[dict]:
     budget = sizes["budget_mib"] * MIB
     timing = dict(repeats=args.repeats, warmup=args.warmup, min_sample_s=args.min_sample_ms / 1e3)
     rows = []
-    for name, (cell, inner) in models(sizes).items():
+    for name, (cell, solvers, unsplit) in models(sizes).items():
         found = {}
-        for label, (method, mesh) in contenders(cell, inner, devices, sizes["baselines"]).items():
+        measured = contenders(solvers, unsplit, devices, sizes["baselines"])
+        for label, (method, mesh) in measured.items():
             t_max, used = longest(cell, method, mesh, budget, sizes["probe"])
             found[label] = (method, mesh)
             rows.append({"model": name, "label": label, "devices": devices, "kind": "memory",

@@ -378,10 +378,20 @@ case("seqpar-batch-axis", "SequenceParallel", "batch_axis", "another axis of the
      lambda: sj.SequenceParallel(_MESH, batch_axis="time"),
      match=r"SequenceParallel: batch_axis must be another axis of the mesh .* or None; "
            r"got 'time'")
-case("seqpar-solver", "SequenceParallel", "solver", "Associative, DEER, QuasiDEER or None",
-     lambda: sj.SequenceParallel(_MESH, solver=sj.Scan()),
-     match=r"SequenceParallel: solver must be Associative\(\), DEER\(\.\.\.\), "
-           r"QuasiDEER\(\.\.\.\) or None; got Scan")
+case("seqpar-solver", "SequenceParallel", "solver",
+     "Scan, Associative, DEER, QuasiDEER or None",
+     lambda: sj.SequenceParallel(_MESH, solver=sj.Remat(4)),
+     match=r"SequenceParallel: solver must be Scan\(\), Associative\(\), DEER\(\.\.\.\), "
+           r"QuasiDEER\(\.\.\.\) or None; got Remat")
+case("seqpar-solver-scan-options", "SequenceParallel", "solver", "Scan() without options",
+     lambda: sj.SequenceParallel(_MESH, solver=sj.Scan(unroll=4)),
+     match=r"SequenceParallel: solver=Scan\(\) scans each chunk .* pass Scan\(\) itself; "
+           r"got Scan\(unroll=4")
+case("seqpar-solver-scan-cell", "SequenceParallel", "solver", "Scan() for linear cells only",
+     lambda xs: sj.unroll(LSTM, LSTM_P, xs,
+                          method=sj.SequenceParallel(_MESH, solver=sj.Scan())), XS,
+     match=r"SequenceParallel: solver=Scan\(\) needs a cell whose recurrence is linear .*"
+           r"got LSTMCell")
 case("seqpar-batch-axis-cell", "SequenceParallel", "batch_axis",
      "a cell without per-sequence params",
      lambda xs: sj.unroll(_DROPOUT, _DROPOUT_P, xs,

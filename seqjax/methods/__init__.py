@@ -14,8 +14,8 @@ method                     what it does                                  file
 :class:`Pallas`            one persistent kernel over all steps (GPU;    ``_pallas.py``
                            chosen only explicitly until measured)
 :class:`SequenceParallel`  the time axis split over a mesh axis; each    ``_sequence_parallel.py``
-                           chunk by Associative, DEER or QuasiDEER,
-                           joined by collectives
+                           chunk by a scan, Associative, DEER or
+                           QuasiDEER, joined by collectives
 =========================  ============================================  =========================
 
 The strings ``"sequential"``, ``"associative"``, ``"deer"`` and ``"quasi_deer"`` are short
@@ -49,6 +49,7 @@ __all__ = [
     "resolve",
 ]
 
+#: The strings :func:`seqjax.unroll` accepts for ``method``, and the default object each names.
 SHORTHANDS: dict[str, Method] = {
     "sequential": Scan(),
     "associative": Associative(),

@@ -3,14 +3,15 @@
 One sequence of ``T`` steps is cut into ``D`` chunks of ``T / D`` steps, one per device of a
 mesh axis, and evaluated by ``shard_map``; memory per device grows like ``T / D``.
 
-* **Linear-in-state cells** (:class:`~seqjax.cells.LinearRecurrence`: minGRU, minLSTM, LRU,
-  in log space where the cell offers it): the steps of a chunk compose to one affine map,
-  ``h_out = A h_in + B``: each device forms its chunk's ``(A, B)`` by a pairwise reduction
-  with :class:`~seqjax.Associative`'s operator. One ``all_gather`` of these summaries (``D``
-  small arrays ``[*B, H]``) and one associative scan over them give every device the state
-  ``h_in`` entering its chunk, from which it solves its chunk as
-  :class:`~seqjax.Associative` does on one device. Exact up to rounding; per device the
-  memory of :class:`~seqjax.Associative` on ``T / D`` steps.
+* **Linear-in-state cells** (:class:`~seqjax.cells.LinearRecurrence`: minGRU, minLSTM, LRU):
+  the steps of a chunk compose to one affine map, ``h_out = A h_in + B``. With
+  ``solver=Scan()`` (their default) each device runs one ``lax.scan`` over its chunk from
+  the zero state, keeping the running product ``A_t`` and the states ``B_t`` (so that
+  ``h_t = A_t h_in + B_t``); with ``solver=Associative()`` it forms ``(A, B)`` by a pairwise
+  reduction and later solves the chunk by associative scans (``O(log T)`` depth, several
+  times the memory). One ``all_gather`` of the summaries (``D`` small arrays ``[*B, H]``)
+  and one associative scan over them give every device the state ``h_in`` entering its
+  chunk, from which it corrects (or solves) its chunk. Exact up to rounding.
 * **Any cell** through :class:`~seqjax.DEER` / :class:`~seqjax.QuasiDEER`: each Newton
   iteration linearises every step of the chunk at once (the state entering the chunk comes
   from the previous device by ``ppermute``), and solves the linear recurrence
@@ -56,6 +57,7 @@ from seqjax.methods._parallel import (
     solve_affine,
     solve_log_affine,
 )
+from seqjax.methods._scan import Scan
 
 
 def shard_map(fn: Callable, mesh: Mesh, in_specs, out_specs) -> Callable:
@@ -82,6 +84,9 @@ class Split(Local):
     # Every axis of the mesh: a maximum that decides a loop is taken over all of them, so
     # that every device runs the same iterations (their collectives must line up).
     mesh_axes: tuple[str, ...] = ()
+    # Diagonal recurrences: solve each chunk by one lax.scan from zero, then correct it by
+    # the entering state (_scan_chunk), instead of associative scans.
+    chunk_scan: bool = False
 
     def _index(self) -> Array:
         return jax.lax.axis_index(self.axis)
@@ -134,6 +139,8 @@ class Split(Local):
         return jnp.where(self._is(self._first(reverse)), s0.astype(entering.dtype), entering)
 
     def solve_affine(self, jac: Array, c: Array, s0: Array, reverse: bool, dense: bool) -> Array:
+        if self.chunk_scan and not dense:
+            return self._scanned(jac, c, s0, reverse)
         # Two passes rather than one scan that keeps every cumulative Jacobian: the chunk's
         # summary by a pairwise reduction, then the one-device solve from the entering
         # state, whose memory is the one-device method's on T / D steps.
@@ -148,12 +155,30 @@ class Split(Local):
         return solve_affine(jac, c, entering, reverse, dense)
 
     def solve_log_affine(self, log_a: Array, log_b: Array, h0: Array, reverse: bool) -> Array:
+        if self.chunk_scan:  # a sequential product cannot underflow early: linear space
+            return self._scanned(jnp.exp(log_a), jnp.exp(log_b), h0.astype(log_a.dtype), reverse)
+
         def apply(ab, s):
             return jnp.exp(ab[0]) * s + jnp.exp(ab[1])
 
         summary = _compose(log_combine, (log_a, log_b), reverse)
         entering = self._entering(summary, h0.astype(log_a.dtype), log_combine, apply, reverse)
         return solve_log_affine(log_a, log_b, entering, reverse)
+
+    def _scanned(self, a: Array, b: Array, s0: Array, reverse: bool) -> Array:
+        """``h_t = a_t h_{t-1} + b_t`` (elementwise) over the chunk: one scan from zero gives
+        ``h_t = A_t h_in + B_t``'s ``A`` and ``B``, whose last step is the chunk's summary."""
+        big_a, big_b = _scan_chunk(a, b, reverse)
+        last = 0 if reverse else -1
+        combine = affine_combine(False)
+        entering = self._entering(
+            (big_a[last], big_b[last]),
+            s0.astype(b.dtype),
+            combine,
+            lambda ab, s: apply_affine(ab[0], ab[1], s, False),
+            reverse,
+        )
+        return big_a * entering[None] + big_b
 
     def max(self, x: Array) -> Array:
         return jax.lax.pmax(x, self.mesh_axes or self.axis)
@@ -180,6 +205,22 @@ class Split(Local):
         return jax.lax.scan(body, entering, xs, reverse=reverse)
 
 
+def _scan_chunk(a: Array, b: Array, reverse: bool) -> tuple[Array, Array]:
+    """``(A_t, B_t)`` ``[T, ...]`` with ``h_t = A_t h_in + B_t`` for ``h_t = a_t h_{t-1} + b_t``:
+    the running product of ``a`` and the states from zero, by one ``lax.scan``. Its
+    derivative keeps a few ``[T, ...]`` arrays where the associative scan keeps one per
+    level and element (about a third of the memory, ``benchmarks/sequence_parallel.py``)."""
+
+    def step(carry, ab):
+        big_a, big_b = carry
+        a_t, b_t = ab
+        carry = (a_t * big_a, a_t * big_b + b_t)
+        return carry, carry
+
+    start = (jnp.ones_like(a[0]), jnp.zeros_like(b[0]))
+    return jax.lax.scan(step, start, (a, b), reverse=reverse)[1]
+
+
 def _compose(combine: Callable, elems: PyTree, reverse: bool) -> PyTree:
     """All of ``elems`` (stacked on axis 0) composed in the recurrence's order by
     ``combine`` (first its left, then its right argument): a pairwise tree of ``log2 T``
@@ -198,7 +239,7 @@ def _compose(combine: Callable, elems: PyTree, reverse: bool) -> PyTree:
     return jax.tree.map(lambda x: x[0], elems)
 
 
-Solver = Associative | _NewtonMethod
+Solver = Scan | Associative | _NewtonMethod
 
 
 @dataclass(frozen=True)
@@ -207,8 +248,9 @@ class SequenceParallel(Method):
 
     Each device holds ``T / D`` steps of the inputs, the states and the outputs (``D`` the
     size of the mesh axis ``axis``); the chunks are joined by collectives (module
-    docstring): an exact associative combination of per-chunk summaries for linear-in-state
-    cells, the same inside every Newton iteration of :class:`~seqjax.DEER` or
+    docstring): for linear-in-state cells, one summary per chunk combined exactly across
+    devices, then each chunk corrected by the state entering it; the same inside every
+    Newton iteration of :class:`~seqjax.DEER` or
     :class:`~seqjax.QuasiDEER` for any other cell. Values and gradients equal the sequential
     scan's up to rounding (and the solver's ``tol``). ``T`` must be divisible by ``D``.
 
@@ -219,11 +261,14 @@ class SequenceParallel(Method):
     Attributes:
         mesh: the device mesh (e.g. :func:`seqjax.sharding.grid_mesh`).
         axis: the mesh axis that time is split over.
-        solver: how each chunk is evaluated: :class:`~seqjax.Associative` (linear-in-state
-            cells), :class:`~seqjax.DEER` or :class:`~seqjax.QuasiDEER` (any cell; their
-            ``tol``, ``max_iters``, ``damping``, ``fallback`` and ``derivative`` apply). None:
-            ``Associative()`` for a cell that supports
-            :class:`~seqjax.cells.LinearRecurrence`, ``DEER()`` for any other
+        solver: how each chunk is evaluated. For cells that support
+            :class:`~seqjax.cells.LinearRecurrence`: ``Scan()`` (the default for them: one
+            ``lax.scan`` over the chunk from zero, then the entering state's correction; about
+            a third of the associative scan's memory, and faster on CPU) or
+            :class:`~seqjax.Associative` (``O(log T)`` depth within the chunk, for
+            accelerators). For any cell: :class:`~seqjax.DEER` (the default for the others)
+            or :class:`~seqjax.QuasiDEER` (their ``tol``, ``max_iters``, ``damping``,
+            ``fallback`` and ``derivative`` apply)
             (``QuasiDEER`` needs ``O(T D)`` memory instead of DEER's ``O(T D^2)``, ``D`` the
             carry size: the choice for wide cells).
         batch_axis: a second mesh axis that the batch (axis 1 of time-major ``xs``, axis 0
@@ -269,18 +314,31 @@ class SequenceParallel(Method):
             )
         if self.solver is not None and not isinstance(self.solver, Solver):
             raise ValueError(
-                "SequenceParallel: solver must be Associative(), DEER(...), QuasiDEER(...) or "
-                f"None; got {self.solver!r}"
+                "SequenceParallel: solver must be Scan(), Associative(), DEER(...), "
+                f"QuasiDEER(...) or None; got {self.solver!r}"
+            )
+        if isinstance(self.solver, Scan) and self.solver != Scan():
+            raise ValueError(
+                "SequenceParallel: solver=Scan() scans each chunk of a linear recurrence in "
+                "its own way, so Scan's options do not apply: pass Scan() itself; got "
+                f"{self.solver!r}"
             )
 
     def solver_for(self, cell: Cell) -> Method:
         """The method each chunk is evaluated with (``solver``, or the default for ``cell``)."""
         if self.solver is not None:
             return self.solver
-        return Associative() if supports(cell, LinearRecurrence) else DEER()
+        return Scan() if supports(cell, LinearRecurrence) else DEER()
 
     def check(self, cell: Cell) -> None:
-        self.solver_for(cell).check(cell)
+        solver = self.solver_for(cell)
+        if isinstance(solver, Scan) and not supports(cell, LinearRecurrence):
+            raise ValueError(
+                "SequenceParallel: solver=Scan() needs a cell whose recurrence is linear in "
+                "the state (one that supports LinearRecurrence); got "
+                f"{type(cell).__name__}: use DEER() or QuasiDEER()"
+            )
+        solver.check(cell)
         if self.batch_axis is not None and not cell.shared_rows:
             raise ValueError(
                 "SequenceParallel: batch_axis needs a cell whose params hold no per-sequence "
@@ -312,7 +370,9 @@ class SequenceParallel(Method):
                     f"by its {rows} devices; got xs of shape {xs.shape}"
                 )
         solver = self.solver_for(cell)
-        time = Split(self.axis, size, tuple(self.mesh.axis_names))
+        scanned = isinstance(solver, Scan)  # chunks by lax.scan: Associative's math, scanned
+        time = Split(self.axis, size, tuple(self.mesh.axis_names), chunk_scan=scanned)
+        solver = Associative() if scanned else solver
         time_spec = PartitionSpec(self.axis) if b is None else PartitionSpec(self.axis, b)
         row_spec = PartitionSpec() if b is None else PartitionSpec(b)
         optional = {"lengths": row_spec, "resets": time_spec}
