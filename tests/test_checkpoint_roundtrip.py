@@ -45,8 +45,12 @@ def test_restored_arrays_take_the_dtype_and_sharding_of_like(tmp_path):
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="step must be an int >= 0; got -1"):
         checkpoint.save(tmp_path, -1, {"w": jnp.ones(2)}, {})
-    with pytest.raises(ValueError, match="max_to_keep must be >= 1 or None; got 0"):
+    with pytest.raises(ValueError, match=r"step must be an int >= 0; got 1\.5"):
+        checkpoint.save(tmp_path, 1.5, {"w": jnp.ones(2)}, {})
+    with pytest.raises(ValueError, match="max_to_keep must be an int >= 1 or None; got 0"):
         checkpoint.save(tmp_path, 1, {"w": jnp.ones(2)}, {}, max_to_keep=0)
+    with pytest.raises(ValueError, match=r"max_to_keep must be an int >= 1 or None; got 2\.5"):
+        checkpoint.save(tmp_path, 1, {"w": jnp.ones(2)}, {}, max_to_keep=2.5)
     with pytest.raises(TypeError, match="meta must be a dict"):
         checkpoint.save(tmp_path, 1, {"w": jnp.ones(2)}, [])
     assert checkpoint.latest_step(tmp_path) is None

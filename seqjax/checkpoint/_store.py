@@ -225,11 +225,11 @@ def save(
         True
     """
     meta, directory = _as_json(meta), os.path.abspath(os.fspath(directory))
+    if not _is_int(step) or step < 0:
+        raise ValueError(f"save: step must be an int >= 0; got {step!r}")
     step = operator.index(step)
-    if step < 0:
-        raise ValueError(f"save: step must be an int >= 0; got {step}")
-    if max_to_keep is not None and max_to_keep < 1:
-        raise ValueError(f"save: max_to_keep must be >= 1 or None; got {max_to_keep}")
+    if max_to_keep is not None and (not _is_int(max_to_keep) or max_to_keep < 1):
+        raise ValueError(f"save: max_to_keep must be an int >= 1 or None; got {max_to_keep!r}")
     # Every process, the same leaves in the same order: a sharded leaf's checksum is a
     # computation over the global array.
     entries = [_entry(path, leaf) for path, leaf in _leaves(state)]
@@ -477,3 +477,8 @@ def restore(
     """
     restored = _restore(directory, like, meta, step, stacklevel=3)
     return restored.step, restored.state
+
+
+def _is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool (an int-valued float is not a step number)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)

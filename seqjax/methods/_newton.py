@@ -180,7 +180,7 @@ class _Layout:
         sizes = tuple(int(np.prod(a.shape[batch_ndim:], dtype=int)) for a in leaves)
         if any(a.ndim != batch_ndim + 1 for a in leaves):
             raise ValueError(
-                "unroll_parallel: every carry leaf must be [*B, H] for the Newton methods; "
+                "DEER: every carry leaf must be [*B, H] for the Newton methods; "
                 f"got shapes {[a.shape for a in leaves]}"
             )
         return cls(treedef, sizes, tuple(jnp.dtype(a.dtype) for a in leaves))
