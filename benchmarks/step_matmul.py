@@ -158,6 +158,9 @@ def summarize(rows: Sequence[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = h.parse_args(__doc__.splitlines()[0], argv, repeats=4)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if args.quick and "--repeats" not in argv:
+        args.repeats = 1  # every round is one fresh process per core set
     rec = run(args)
     body = summarize(rec.rows)
     rec.write(body, TITLE)

@@ -45,6 +45,11 @@ nitpick_ignore = [
     ("py:class", "flax.linen.module._Sentinel"),
     ("py:class", "flax.linen.recurrent.RNNCellBase"),
     ("py:class", "flax.nnx.nn.recurrent.RNNCellBase"),
+    # seqjax's own private types in public signatures: the time axis the parallel methods
+    # evaluate on (``evaluate_on``) and the Newton methods' common base in SequenceParallel's
+    # ``solver`` type; their public faces are DEER, QuasiDEER and SequenceParallel.
+    ("py:class", "seqjax.methods._parallel.Local"),
+    ("py:class", "seqjax.methods._newton._NewtonMethod"),
 ]
 
 # -- API reference ---------------------------------------------------------------------------

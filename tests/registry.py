@@ -50,8 +50,9 @@ every_cell = pytest.mark.parametrize("cell", list(CELLS.values()), ids=list(CELL
 # One cell per kind of carry and of initial state: a plain array, a NamedTuple, two leaves
 # of different widths, a tuple of layers' carries, a wrapper's carry, a zero state taken from
 # the params, a complex recurrence kept as two real leaves. For properties of unroll's own
-# bookkeeping (lengths, padding, layouts, resets on padding, program size), which touch the
-# cell only through its carry's structure: over the whole registry they cost minutes of CI
+# bookkeeping (lengths, padding, layouts, resets, truncation, jit/vmap/grad, TBPTT windows,
+# the diagnostics' carry gradients and Jacobians, program size), which touch the cell only
+# through its carry's structure: over the whole registry they cost minutes of CI
 # compile time for no further coverage. Properties of a cell's math run over every cell.
 CARRY_KINDS = [
     "elman_tanh", "lstm", "lstm_proj", "stack_lstm_gru", "lstm_zoneout", "gru_learned_init",

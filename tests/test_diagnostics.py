@@ -10,12 +10,12 @@ from jax.flatten_util import ravel_pytree
 from seqjax import ElmanCell, unroll
 from seqjax.diagnostics import carry_gradients, gradient_norms, jacobian_summary, state_jacobians
 from tests.conftest import random_like, tree_allclose
-from tests.registry import every_cell
+from tests.registry import every_carry_kind
 
 T = 6
 
 
-@every_cell
+@every_carry_kind
 def test_carry_gradients_equal_grads_by_hand(cell, key):
     params = cell.init(key)
     xs = jax.random.normal(jax.random.key(1), (T, 2, cell.input_size), jnp.float32)
@@ -42,7 +42,7 @@ def test_carry_gradients_equal_grads_by_hand(cell, key):
         tree_allclose(jax.tree.map(lambda g, t=t: g[t], got), want, rtol=1e-5, atol=1e-6)
 
 
-@every_cell
+@every_carry_kind
 def test_state_jacobians_equal_jacrev_per_step(cell, key):
     params = cell.init(key)
     xs = jax.random.normal(jax.random.key(1), (T, cell.input_size), jnp.float32)

@@ -19,7 +19,7 @@ from seqjax.train import (
     window_loss,
 )
 from tests.conftest import tree_allclose
-from tests.registry import every_cell
+from tests.registry import every_carry_kind
 
 T, B = 12, 3
 TOL = dict(rtol=1e-5, atol=1e-7)  # float32; same math, different program structure
@@ -51,7 +51,7 @@ def _sgd():
     return optax.sgd(0.1)
 
 
-@every_cell
+@every_carry_kind
 def test_one_window_of_length_T_is_exactly_bptt(cell, key):
     init, forward = _model(cell)
     params = init(key)
@@ -68,7 +68,7 @@ def test_one_window_of_length_T_is_exactly_bptt(cell, key):
     tree_allclose(got_metrics, want_metrics, rtol=0, atol=0)
 
 
-@every_cell
+@every_carry_kind
 @pytest.mark.parametrize("k", [5])  # two windows and a dropped tail of 2
 def test_streamed_windows_equal_separate_grads_with_constant_carries(cell, key, k):
     """The reference cuts the graph by hand: one jax.grad per window, the carry a constant."""

@@ -124,7 +124,7 @@ def test_batch_major_equals_time_major(cell, key):
     np.testing.assert_array_equal(ys_neg, ys_b)
 
 
-@every_cell
+@every_carry_kind
 def test_unroll_under_jit_vmap_and_grad(cell, key):
     params = cell.init(key)
     xs = _inputs(cell, (4,))
@@ -205,7 +205,7 @@ def test_bidirectional_stack_batch_major(key):
     assert not bool(jnp.any(ys[1, 2:]))
 
 
-@every_cell
+@every_carry_kind
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_resets_equal_plain_loop(cell, key, reverse):
     params = cell.init(key)
@@ -234,7 +234,7 @@ def test_resets_on_padded_steps_do_nothing(cell, key):
         tree_allclose(got, want, **TOL)  # two compiled programs: equal up to fusion rounding
 
 
-@every_cell
+@every_carry_kind
 def test_a_reset_starts_an_independent_sequence(cell, key):
     """After a reset at step 3, outputs equal a fresh unroll of the remaining steps."""
     params = cell.init(key)
@@ -255,7 +255,7 @@ def _windowed_by_hand(cell, params, xs, k):
     return jnp.concatenate(outputs)
 
 
-@every_cell
+@every_carry_kind
 @pytest.mark.parametrize("k", [4])
 def test_truncate_equals_windows_cut_by_hand(cell, key, k):
     params = cell.init(key)
@@ -278,7 +278,7 @@ def test_truncate_equals_windows_cut_by_hand(cell, key, k):
     tree_allclose(unroll(cell, params, xs, truncate=k), unroll(cell, params, xs), rtol=0, atol=0)
 
 
-@every_cell
+@every_carry_kind
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 @pytest.mark.parametrize("derivative", ["autodiff", None])
 def test_truncate_with_lengths_equals_each_sequence_unpadded(cell, key, reverse, derivative):

@@ -79,7 +79,7 @@ CELLS = BY_NAME  #: The cells ``--cell`` chooses from, :data:`seqjax.cells.BY_NA
 @dataclass(frozen=True)
 class CharLMConfig:
     """Everything that defines a run; all of it but the learning rate is saved with each
-    checkpoint (:meth:`meta`) and fixed for the life of the run.
+    checkpoint (:meth:`CharLMConfig.meta`) and fixed for the life of the run.
 
     Attributes:
         cell: ``"lstm"``, ``"gru"`` or ``"elman"``.
@@ -398,7 +398,7 @@ def auto_devices(batch_size: int, platform: str = "cpu", cores: int | None = Non
     (gates, the loss, the optimizer) on one thread, so a char-LM update uses ~1.3 of 2
     cores; split over host devices, each device runs its share of the streams on its own
     core. On CPU this is the largest count that divides ``batch_size`` and is at most the
-    usable cores and :data:`MAX_HOST_DEVICES`; on a GPU or TPU it is 1 (one chip runs 32
+    usable cores and ``MAX_HOST_DEVICES`` (8); on a GPU or TPU it is 1 (one chip runs 32
     streams at once, and splitting them would only add the gradient sum).
 
     Example:

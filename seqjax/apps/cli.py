@@ -1,6 +1,6 @@
 """The ``seqjax`` commands: ``seqjax train-charlm``, ``seqjax sample`` and ``seqjax bench``.
 
-The options and their checks live in :mod:`seqjax_cli` (outside the package, so that
+The options and their checks live in ``seqjax_cli`` (outside the package, so that
 ``--help`` needs no JAX); this module runs a command once its options are known to be good.
 
 Exit status: 0 on success; 2 for a bad option or input (a one-line message, no traceback);
