@@ -52,6 +52,22 @@ nitpick_ignore = [
     ("py:class", "seqjax.methods._newton._NewtonMethod"),
 ]
 
+# -- Parallel reading ----------------------------------------------------------------------
+# Sphinx reads the sorted documents in consecutive chunks, one chunk per process at a time, so
+# the ten executed tutorials (docs/tutorials/, most of the build's time) would share one
+# chunk and run one after another. Dealing the documents out round-robin instead spreads them
+# over the chunks; the site is the same. (Left as Sphinx has it if its internals move.)
+import sphinx.builders as _builders  # noqa: E402
+
+if hasattr(_builders, "make_chunks"):
+    _consecutive_chunks = _builders.make_chunks
+
+    def _dealt_chunks(arguments, nproc, maxbatch=10):
+        count = len(_consecutive_chunks(arguments, nproc, maxbatch))
+        return [list(arguments[i::count]) for i in range(count)]
+
+    _builders.make_chunks = _dealt_chunks
+
 # -- API reference ---------------------------------------------------------------------------
 # seqjax_api writes every page (docs/_ext/seqjax_api.py); autosummary draws the tables.
 autosummary_generate = False

@@ -8,9 +8,12 @@ import pytest
 from jax.test_util import check_grads
 
 from seqjax import Bidirectional, unroll
-from tests.registry import CELLS, every_cell
+from tests.registry import CARRY_KINDS, CELLS, every_cell
 
 T = 5
+# Forward mode (jvp) goes through the derivative path, not the cell's math: reverse mode for
+# every cell, forward mode too for the carry kinds (structured and autodiff paths alike).
+FORWARD_MODE = [CELLS[name] for name in CARRY_KINDS]
 
 
 def _float64(tree):
@@ -34,7 +37,8 @@ def test_unroll_gradients_match_finite_differences(cell, key, reverse, with_leng
         final, ys = unroll(cell, params, xs, carry, lengths=lengths, reverse=reverse)
         return ys, final
 
-    check_grads(f, (params, xs, carry), order=1, modes=("rev", "fwd"), atol=1e-6, rtol=1e-6)
+    modes = ("rev", "fwd") if cell in FORWARD_MODE else ("rev",)
+    check_grads(f, (params, xs, carry), order=1, modes=modes, atol=1e-6, rtol=1e-6)
 
 
 def test_second_order_gradients_of_an_lstm(key):

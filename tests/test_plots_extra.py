@@ -190,3 +190,26 @@ def test_source_features_scan_python_source():
     assert comment == ".................CCCCC......................"
     assert bracket == ".....B.....BBB.............................."
     assert got[:, 3].tolist()[:6] == [0, 1, 2, 3, 4, 5] and got[22, 3] == 0  # after a newline
+
+
+@pytest.mark.skipif(not HAS_MATPLOTLIB, reason="needs matplotlib")
+def test_drawing_a_file_leaves_the_callers_backend_and_figures_alone(tmp_path):
+    """A notebook's inline backend must survive a seqjax plot: the plots draw on figures of
+    their own, never through pyplot's state."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from seqjax.apps import plots
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # any backend other than Agg, which the plots would switch to
+    try:
+        mine = plt.figure()
+        truth = np.sin(np.linspace(0, 6, 40))
+        path = plots.plot_forecasts(truth, {"model": truth + 0.1}, tmp_path / "f.png")
+        assert Path(path).stat().st_size > 0
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == [mine.number]
+    finally:
+        plt.close("all")
+        matplotlib.use(before)

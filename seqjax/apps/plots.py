@@ -22,28 +22,26 @@ __all__ = [
 ]
 
 
-def _pyplot():
+def _matplotlib():
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.figure
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError(
             "seqjax.apps.plots needs matplotlib: pip install matplotlib (or seqjax[plot])"
         ) from err
-    return plt
+    return matplotlib
 
 
 @contextlib.contextmanager
-def _figure(*args, **kwargs):
-    """``(fig, axes)`` of a new figure, closed on the way out, also when drawing fails."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(*args, **kwargs)
-    try:
-        yield fig, axes
-    finally:
-        plt.close(fig)
+def _figure(*args, figsize=None, **kwargs):
+    """``(fig, axes)`` of a new off-screen figure (``plt.subplots``' arguments).
+
+    A ``matplotlib.figure.Figure`` of its own, not pyplot's: drawing a file neither switches
+    the caller's backend (a notebook keeps its inline plots) nor adds to pyplot's figures.
+    """
+    fig = _matplotlib().figure.Figure(figsize=figsize)
+    yield fig, fig.subplots(*args, **kwargs)
 
 
 def _save(fig, path: str | os.PathLike, **options) -> str:
@@ -251,7 +249,7 @@ def plot_forecasts(
             drawn in a second panel when given.
         title, xlabel, ylabel: text of the first panel.
     """
-    plt = _pyplot()
+    colours = _matplotlib().rcParams["axes.prop_cycle"].by_key()["color"]
     true = np.asarray(truth, np.float64)
     predicted = {label: np.asarray(v, np.float64) for label, v in forecasts.items()}
     reference = true if context is None else np.concatenate([true, np.asarray(context)])
@@ -276,7 +274,6 @@ def plot_forecasts(
                 label="context (observed)",
             )
         ax.plot(ahead, true, color="black", linewidth=3.2, alpha=0.8, label="truth")
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for k, (label, values) in enumerate(predicted.items()):
             ax.plot(
                 ahead,
@@ -345,9 +342,8 @@ def plot_jacobian_spectrum(
         path: where to write the PNG.
         title: the figure's title.
     """
-    plt = _pyplot()
+    colours = _matplotlib().rcParams["axes.prop_cycle"].by_key()["color"]
     with _figure(1, 3, figsize=(14, 4.2)) as (fig, axes):
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for k, (label, summary) in enumerate(summaries.items()):
             colour = colours[k % len(colours)]
             radius = np.asarray(summary["spectral_radius"], np.float64)
