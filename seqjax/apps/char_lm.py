@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import checkpoint, generate, losses, sharding, train
+from seqjax import _checks, checkpoint, generate, losses, sharding, train
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.apps import data
 from seqjax.cells import BY_NAME
@@ -123,11 +123,9 @@ class CharLMConfig:
         for name in (
             "hidden_size", "num_layers", "embed_size", "batch_size", "window", "eval_bytes"
         ):  # fmt: skip
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"CharLMConfig: {name} must be a positive int; got {value!r}")
+            _checks.positive_int(name, getattr(self, name), "CharLMConfig")
         if self.backprop is not None and (
-            not _is_int(self.backprop) or self.backprop < self.window
+            not _checks.is_int(self.backprop) or self.backprop < self.window
         ):
             raise ValueError(
                 f"CharLMConfig: backprop (k2) must be an int >= window (k1) = {self.window}; "
@@ -137,11 +135,13 @@ class CharLMConfig:
             _check_step_size(name, getattr(self, name), "CharLMConfig")
         if not 0.0 < self.held_out < 1.0:
             raise ValueError(f"CharLMConfig: held_out must lie in (0, 1); got {self.held_out!r}")
-        if self.max_bytes is not None and (not _is_int(self.max_bytes) or self.max_bytes < 1):
+        if self.max_bytes is not None and (
+            not _checks.is_int(self.max_bytes) or self.max_bytes < 1
+        ):
             raise ValueError(
                 f"CharLMConfig: max_bytes must be None or a positive int; got {self.max_bytes!r}"
             )
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
+        if not _checks.is_int(self.seed) or not 0 <= self.seed < 2**32:
             # jax.random.key keeps 32 bits of a seed without x64: 2**32 would repeat seed 0.
             raise ValueError(f"CharLMConfig: seed must be an int in [0, 2**32); got {self.seed!r}")
 
@@ -154,10 +154,6 @@ class CharLMConfig:
         meta = dataclasses.asdict(self)
         del meta["learning_rate"]
         return meta
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _check_step_size(name: str, value, where: str) -> float:
@@ -552,7 +548,7 @@ def sample_bytes(
         prompt = prompt.encode("utf-8")
     if not isinstance(prompt, bytes | bytearray):
         raise TypeError(f"sample_bytes: prompt must be str or bytes; got {type(prompt).__name__}")
-    if not _is_int(num_bytes) or num_bytes < 0:
+    if not _checks.is_int(num_bytes) or num_bytes < 0:
         raise ValueError(f"sample_bytes: num_bytes must be an int >= 0; got {num_bytes!r}")
     if num_bytes == 0:
         return b""
@@ -983,11 +979,10 @@ def train_char_lm(
         DivergedError: the loss or the state became NaN or Inf; every checkpoint saved
             before is kept.
     """
-    if not _is_int(steps) or steps < 0:
+    if not _checks.is_int(steps) or steps < 0:
         raise ValueError(f"train_char_lm: steps must be an int >= 0; got {steps!r}")
     for name, value in (("checkpoint_every", checkpoint_every), ("chunk", chunk)):
-        if not _is_int(value) or value < 1:
-            raise ValueError(f"train_char_lm: {name} must be a positive int; got {value!r}")
+        _checks.positive_int(name, value, "train_char_lm")
     if learning_rate is not None:
         learning_rate = _check_step_size("learning_rate", learning_rate, "train_char_lm")
     mesh = device_mesh(devices, config.batch_size)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from seqjax import _checks
 from seqjax._types import PyTree
 from seqjax.checkpoint import _processes
 from seqjax.checkpoint._errors import (
@@ -225,10 +226,10 @@ def save(
         True
     """
     meta, directory = _as_json(meta), os.path.abspath(os.fspath(directory))
-    if not _is_int(step) or step < 0:
+    if not _checks.is_int(step) or step < 0:
         raise ValueError(f"save: step must be an int >= 0; got {step!r}")
     step = operator.index(step)
-    if max_to_keep is not None and (not _is_int(max_to_keep) or max_to_keep < 1):
+    if max_to_keep is not None and (not _checks.is_int(max_to_keep) or max_to_keep < 1):
         raise ValueError(f"save: max_to_keep must be an int >= 1 or None; got {max_to_keep!r}")
     # Every process, the same leaves in the same order: a sharded leaf's checksum is a
     # computation over the global array.
@@ -477,8 +478,3 @@ def restore(
     """
     restored = _restore(directory, like, meta, step, stacklevel=3)
     return restored.step, restored.state
-
-
-def _is_int(value) -> bool:
-    """A Python or NumPy integer, not a bool (an int-valued float is not a step number)."""
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
