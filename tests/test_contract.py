@@ -154,10 +154,16 @@ def test_half_precision_runs_and_stays_close_to_float32(name, key, dtype, atol):
     params = cell.init(key, dtype=dtype)
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(params))
     xs = jax.random.normal(key, (5, 2, cell.input_size), jnp.float32).astype(dtype)
-    carry, ys = unroll(cell, params, xs, lengths=jnp.array([5, 2]))
+
+    @jax.jit  # one program: eagerly, each unroll and the gradient dispatch op by op
+    def run(params, xs):
+        carry, ys = unroll(cell, params, xs, lengths=jnp.array([5, 2]))
+        params32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+        _, ys32 = unroll(cell, params32, xs.astype(jnp.float32), lengths=jnp.array([5, 2]))
+        grads = jax.grad(lambda p: jnp.sum(unroll(cell, p, xs)[1].astype(jnp.float32)))(params)
+        return carry, ys, ys32, grads
+
+    carry, ys, ys32, grads = run(params, xs)
     assert ys.dtype == dtype and all(leaf.dtype == dtype for leaf in jax.tree.leaves(carry))
-    params32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
-    _, ys32 = unroll(cell, params32, xs.astype(jnp.float32), lengths=jnp.array([5, 2]))
     np.testing.assert_allclose(np.asarray(ys, np.float32), ys32, atol=atol)
-    grads = jax.grad(lambda p: jnp.sum(unroll(cell, p, xs)[1].astype(jnp.float32)))(params)
     assert all(g.dtype == dtype and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))

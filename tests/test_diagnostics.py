@@ -26,19 +26,23 @@ def test_carry_gradients_equal_grads_by_hand(cell, key):
         return jnp.sum(weights * ys)
 
     got = carry_gradients(cell, params, xs, loss_fn, carry0)
-    # By hand: the carry entering step t, then a fresh unroll from it over xs[t:].
-    entering, c = [], carry0
-    for t in range(T):
-        entering.append(c)
-        c, _ = cell.apply(params, c, xs[t])
-    _, ys = unroll(cell, params, xs, carry0)
-    for t in range(T):
 
-        def loss_from(c, t=t):
+    @jax.jit  # one program for all T gradients, instead of T eager ones
+    def by_hand(params, xs, carry0):
+        # The carry entering step t, then a fresh unroll from it over xs[t:].
+        entering, c = [], carry0
+        for t in range(T):
+            entering.append(c)
+            c, _ = cell.apply(params, c, xs[t])
+        _, ys = unroll(cell, params, xs, carry0)
+
+        def loss_from(c, t):
             _, tail = unroll(cell, params, xs[t:], c)
             return loss_fn(jnp.concatenate([ys[:t], tail]))
 
-        want = jax.grad(loss_from)(entering[t])
+        return [jax.grad(loss_from)(entering[t], t) for t in range(T)]
+
+    for t, want in enumerate(by_hand(params, xs, carry0)):
         tree_allclose(jax.tree.map(lambda g, t=t: g[t], got), want, rtol=1e-5, atol=1e-6)
 
 
@@ -47,15 +51,22 @@ def test_state_jacobians_equal_jacrev_per_step(cell, key):
     params = cell.init(key)
     xs = jax.random.normal(jax.random.key(1), (T, cell.input_size), jnp.float32)
     got = state_jacobians(cell, params, xs)
-    c = cell.init_carry()
-    for t in range(T):
-        flat, unravel = ravel_pytree(c)
 
-        def step(flat, t=t, unravel=unravel):
-            return ravel_pytree(cell.apply(params, unravel(flat), xs[t])[0])[0]
+    @jax.jit  # one program for all T Jacobians, instead of T eager ones
+    def by_hand(params, xs):
+        c, jacobians = cell.init_carry(), []
+        for t in range(T):
+            flat, unravel = ravel_pytree(c)
 
-        np.testing.assert_allclose(got[t], jax.jacrev(step)(flat), rtol=1e-5, atol=1e-6)
-        c, _ = cell.apply(params, c, xs[t])
+            def step(flat, t=t, unravel=unravel):
+                return ravel_pytree(cell.apply(params, unravel(flat), xs[t])[0])[0]
+
+            jacobians.append(jax.jacrev(step)(flat))
+            c, _ = cell.apply(params, c, xs[t])
+        return jacobians
+
+    for t, want in enumerate(by_hand(params, xs)):
+        np.testing.assert_allclose(got[t], want, rtol=1e-5, atol=1e-6)
 
 
 def test_jacobian_summary_against_explicit_products(key):

@@ -38,7 +38,8 @@ def test_unroll_gradients_match_finite_differences(cell, key, reverse, with_leng
         return ys, final
 
     modes = ("rev", "fwd") if cell in FORWARD_MODE else ("rev",)
-    check_grads(f, (params, xs, carry), order=1, modes=modes, atol=1e-6, rtol=1e-6)
+    # jit: check_grads evaluates f at many points; eagerly each call dispatches op by op
+    check_grads(jax.jit(f), (params, xs, carry), order=1, modes=modes, atol=1e-6, rtol=1e-6)
 
 
 def test_second_order_gradients_of_an_lstm(key):
@@ -46,7 +47,12 @@ def test_second_order_gradients_of_an_lstm(key):
     params = _float64(cell.init(key))
     xs = jax.random.normal(jax.random.key(1), (T, 2, cell.input_size), jnp.float64)
     check_grads(
-        lambda p: unroll(cell, p, xs)[1], (params,), order=2, modes=("rev",), atol=1e-5, rtol=1e-5
+        jax.jit(lambda p: unroll(cell, p, xs)[1]),
+        (params,),
+        order=2,
+        modes=("rev",),
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -57,7 +63,7 @@ def test_bidirectional_gradients(key):
     xs = jax.random.normal(jax.random.key(1), (T, 2, cell.input_size), jnp.float64)
     lengths = jnp.array([T, 3])
     check_grads(
-        lambda p, x: layer(p, x, lengths=lengths)[1],
+        jax.jit(lambda p, x: layer(p, x, lengths=lengths)[1]),
         (params, xs),
         order=1,
         modes=("rev",),

@@ -8,6 +8,8 @@ cell, its random signs drawn the same way whatever the default float width.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,32 +37,43 @@ def _problem(cell):
     return params, xs, carry
 
 
+LENGTHS = jnp.array([T, 4, 0], jnp.int32)
+OPTIONS = dict(lengths=LENGTHS, reverse=True)
+
+
+def _value_and_grads(name, method):
+    cell = CELLS[name]
+    params, xs, carry = _problem(cell)
+    y_weights = jax.random.normal(jax.random.key(3), (T, B, cell.hidden_size), jnp.float64)
+
+    def f(p, x, c):
+        final, ys = sj.unroll(cell, p, x, c, method=method, **OPTIONS)
+        return jnp.sum(y_weights * ys) + sum(jnp.sum(a**2) for a in jax.tree.leaves(final))
+
+    got = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(params, xs, carry)
+    return [a for a in jax.tree.leaves(got) if jnp.issubdtype(a.dtype, jnp.floating)]
+
+
+@functools.cache  # the same for every row: computed once per cell and worker
+def _references(name):
+    """JAX's own derivative of the default row, and the plain loop (None for noisy cells)."""
+    cell = CELLS[name]
+    autodiff = _value_and_grads(name, sj.Scan(tuning=tuning.DEFAULT, derivative="autodiff"))
+    if sj.supports(cell, sj.Noisy):  # the plain loop steps one row: no per-row masks
+        return autodiff, None
+    return autodiff, sj.unroll_reference(cell, *_problem(cell), **OPTIONS)
+
+
 @pytest.mark.parametrize("row", list(ROWS))
 @pytest.mark.parametrize("name", NAMES)
 def test_every_row_gives_the_reference_values_and_gradients(name, row):
     cell, layout = CELLS[name], ROWS[row]
-    params, xs, carry = _problem(cell)
-    lengths = jnp.array([T, 4, 0], jnp.int32)
-    options = dict(lengths=lengths, reverse=True)
-    y_weights = jax.random.normal(jax.random.key(3), (T, B, cell.hidden_size), jnp.float64)
-
-    def loss(method):
-        def f(p, x, c):
-            final, ys = sj.unroll(cell, p, x, c, method=method, **options)
-            return jnp.sum(y_weights * ys) + sum(jnp.sum(a**2) for a in jax.tree.leaves(final))
-
-        return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(params, xs, carry)
-
-    def floats(tree):
-        return [a for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)]
-
-    got = loss(sj.Scan(tuning=layout))
-    want = loss(sj.Scan(tuning=tuning.DEFAULT, derivative="autodiff"))
-    tree_allclose(floats(got), floats(want), rtol=1e-10, atol=1e-12)
-    if not sj.supports(cell, sj.Noisy):  # the plain loop steps one row: no per-row masks
-        values = sj.unroll(cell, params, xs, carry, method=sj.Scan(tuning=layout), **options)
-        reference = sj.unroll_reference(cell, params, xs, carry, **options)
-        tree_allclose(values, reference, rtol=1e-10, atol=1e-12)
+    autodiff, loop = _references(name)
+    got = _value_and_grads(name, sj.Scan(tuning=layout))
+    tree_allclose(got, autodiff, rtol=1e-10, atol=1e-12)
+    if loop is not None:
+        values = sj.unroll(cell, *_problem(cell), method=sj.Scan(tuning=layout), **OPTIONS)
+        tree_allclose(values, loop, rtol=1e-10, atol=1e-12)
 
 
 def test_rows_resolve_from_the_platform_of_the_data(monkeypatch):
