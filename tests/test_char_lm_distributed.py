@@ -6,7 +6,8 @@ configuration:
 1. two processes (coordinator on localhost, gloo CPU collectives, one host device each)
    train 6 updates, saving every 3 into one checkpoint directory; beside them, concurrently,
    one process trains the same global batch of 4 streams on 2 host devices for 10 updates;
-2. the same two commands again with ``--steps 10`` resume from step 6 and train to 10.
+2. the same two commands again with ``--steps 10`` resume from step 6 and train to 10;
+3. two processes start a long run, and once it has saved a step, process 1 alone gets SIGTERM.
 
 The checkpoints of the two runs (read back here with the library's restore) must hold the
 same state at steps 6 and 10, only process 0 may print, and the resumed processes must say
@@ -91,11 +92,22 @@ def runs(tmp_path_factory):
     first = worker.wait(_pair(str(corpus), shared, 6), DEADLINE)
     resumed = worker.wait(_pair(str(corpus), shared, 10, "--length", "0"), DEADLINE)
     reference_out = worker.wait([reference], DEADLINE)
+    # A long run; once its first checkpoint is saved, SIGTERM to process 1 alone.
+    stopping = base / "stopped"
+    pair = _pair(str(corpus), stopping, 100_000, "--length", "0")
+    waited = time.monotonic()
+    while checkpoint.latest_step(stopping) is None and all(p.poll() is None for p in pair):
+        assert time.monotonic() - waited < DEADLINE, "the run never saved its first step"
+        time.sleep(0.1)
+    pair[1].send_signal(signal.SIGTERM)
+    stopped = worker.wait(pair, DEADLINE)
     print(f"phases: {time.monotonic() - began:.1f} s")
     return {
         "first": first,
         "resumed": resumed,
         "reference": reference_out,
+        "stopped": stopped,
+        "stopped_dir": stopping,
         "shared": shared,
         "alone": alone,
     }
@@ -163,6 +175,20 @@ def test_both_processes_resume_the_saved_run_and_continue(runs):
     assert _printed(out1) == [], out1
     assert checkpoint.latest_step(runs["shared"]) == 10
     _assert_same_state(runs["shared"], runs["alone"], 10)
+
+
+def test_a_signal_to_one_process_stops_every_process_saved_and_says_so(runs):
+    """Process 0, not signalled, stops after the same call as process 1 and reports it: the
+    stop line with the resume command, status 143, no evaluation (it used to evaluate and exit
+    0 as if the run were complete, and say nothing of the stop)."""
+    (code0, out0, err0), (code1, out1, err1) = runs["stopped"]
+    assert (code0, code1) == (128 + signal.SIGTERM, 128 + signal.SIGTERM), err0[-3000:] + err1
+    printed = "\n".join(_printed(out0))
+    saved = checkpoint.latest_step(runs["stopped_dir"])
+    assert f"SIGTERM: stopped at update {saved} of 100000; checkpoint step {saved}" in printed
+    assert "resume with: seqjax train-charlm --checkpoint-dir" in printed, printed
+    assert "held-out bits per character" not in printed, printed
+    assert _printed(out1) == [], out1
 
 
 # --- the options, checked before any work (no JAX) -------------------------------------------

@@ -11,7 +11,8 @@ run is saved.
 In a run of several processes (``--coordinator``, ``--num-processes``, ``--process-id``, or
 ``--distributed``) every process runs the same command; process 0 alone prints, evaluates
 the held-out text and samples (on a host copy of the parameters), and a signal to any
-process stops all of them after the same call, saved.
+process stops all of them after the same call, saved; each then exits with that signal's
+status.
 """
 
 from __future__ import annotations
@@ -313,8 +314,9 @@ def _train(args: argparse.Namespace, explicit: frozenset[str]) -> int:
             log=_say,
             settings=_settings(values, ["seqjax", *args.argv]),
         )
-        if stop.requested():
-            return _stopped(stop.signum, int(state.step), steps, args.checkpoint_dir)
+        signum = _run_stopped_by(stop.signum)
+        if signum is not None:
+            return _stopped(signum, int(state.step), steps, args.checkpoint_dir)
     if _Output.quiet:  # process 0 of several evaluates and samples, on its own device
         return 0
     params = char_lm.host_copy(state.params)
@@ -362,6 +364,24 @@ def _plan(args: argparse.Namespace, explicit: frozenset[str]):
             "to train"
         )
     return config, values, devices
+
+
+def _run_stopped_by(signum: int | None) -> int | None:
+    """The signal that stopped the run: this process's (None when none came), or in a run of
+    several processes the first process's that got one. A signal to any process stops every
+    process after the same call, so each must report the stop, not only those signalled (one
+    that was not would go on to evaluate and exit 0 as if the run were complete). In a run of
+    several processes this is a collective: every process calls it after training returns."""
+    import jax
+
+    if jax.process_count() == 1:
+        return signum
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    received = multihost_utils.process_allgather(np.asarray([signum or 0], np.int32))
+    signals = [int(s) for s in np.ravel(received) if s]
+    return signals[0] if signals else None
 
 
 def _stopped(signum: int, done: int, steps: int, directory: str | None) -> int:
