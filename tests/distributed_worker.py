@@ -7,8 +7,9 @@ joins a run of ``P`` processes on ``jax.distributed`` (coordinator on localhost)
 the streams :func:`seqjax.sharding.process_rows` gives it, trains with
 :func:`seqjax.sharding.shard_map_tbptt_scan` over every process's devices, prints from
 process 0 only, and checkpoints with :mod:`seqjax.checkpoint` (the carries, split by stream,
-are sharded across processes). With ``--reference`` it is the plain one-device run of the
-same global batch (:func:`seqjax.tbptt_step`), the numbers the others must reproduce.
+are sharded across processes) under the directory's lock, which every process acquires. With
+``--reference`` it is the plain one-device run of the same global batch
+(:func:`seqjax.tbptt_step`), the numbers the others must reproduce.
 
 It resumes from the newest checkpoint in ``--checkpoint-dir``. After saving step
 ``--marker-at`` it writes ``marker-<process>`` in ``--out`` and keeps training without saving
@@ -170,6 +171,8 @@ def main(argv=None) -> int:
         batch = place((ids[:-1], ids[1:]), 1)
         bptt_params = flat(bptt(state["params"], state["opt_state"], batch)[0])
     restored_from = None
+    if args.checkpoint_dir:  # one writer for the run: every process acquires, process 0 locks
+        checkpoint.CheckpointLock(args.checkpoint_dir).acquire()  # held until the process ends
     if args.checkpoint_dir and checkpoint.latest_step(args.checkpoint_dir) is not None:
         restored_from, state = checkpoint.restore(args.checkpoint_dir, state, META)
         sharding.main_process_print(f"resumed from step {restored_from}")

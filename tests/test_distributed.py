@@ -172,6 +172,25 @@ def test_a_restart_resumes_from_the_last_checkpoint(run):
     assert checkpoint.latest_step(run["checkpoints"]) == 10
 
 
+def test_a_second_run_is_refused_in_every_process(tmp_path):
+    """Another writer holds the directory: process 0 cannot take the run's lock, and both
+    processes raise its error at once (process 1 learns it from process 0 instead of going on
+    to train and wait for process 0 in a collective); nothing is written."""
+    ck = tmp_path / "checkpoints"
+    with checkpoint.CheckpointLock(ck):
+        began = time.monotonic()
+        outcomes = finish(start(2, tmp_path / "run", "--steps", "2", "--checkpoint-dir", str(ck)))
+        seconds = time.monotonic() - began
+    for process, (code, _, stderr) in enumerate(outcomes):
+        assert code != 0, f"process {process} was not refused"
+        assert "CheckpointLockedError" in stderr and "is locked by another writer" in stderr, (
+            stderr[-3000:]
+        )
+    assert "process 0: " in outcomes[1][2]  # process 1's error is process 0's, handed on
+    assert seconds < 60, seconds
+    assert checkpoint.latest_step(ck) is None
+
+
 # --- in one process: the pieces the processes rely on ----------------------------------------
 
 LEAVES = [

@@ -37,7 +37,6 @@ from seqjax import _checks, checkpoint, generate, losses, sharding, train
 from seqjax._types import Array, PRNGKey, PyTree
 from seqjax.apps import data
 from seqjax.cells import BY_NAME
-from seqjax.checkpoint import _processes
 from seqjax.embedded import embedded_unroll
 from seqjax.layers import Dense, Embedding, Stack
 
@@ -885,26 +884,15 @@ def train_loop(
 def _writer(checkpoint_dir: str | None):
     """Hold the checkpoint directory for the whole run (None: nothing to hold).
 
-    A run of several processes is one writer: every process checks that it can write the
-    directory, process 0 alone takes the lock (as :func:`seqjax.checkpoint.save` expects),
-    and a failure in any process raises in all of them (collectives: every process enters
-    together).
+    A run of several processes is one writer: every process enters together, process 0
+    takes the lock for the run, and a failure in any process raises in all of them (see
+    :class:`seqjax.checkpoint.CheckpointLock`).
     """
     if checkpoint_dir is None:
         yield
         return
-    if jax.process_count() == 1:
-        checkpoint.check_writable(checkpoint_dir)
-        with checkpoint.CheckpointLock(checkpoint_dir):
-            yield
-        return
-    _processes.attempt(lambda: checkpoint.check_writable(checkpoint_dir), (OSError,))
-    lock = checkpoint.CheckpointLock(checkpoint_dir)
-    _processes.on_main(lock.acquire)
-    try:
+    with checkpoint.CheckpointLock(checkpoint_dir):
         yield
-    finally:
-        lock.release()  # a no-op in the processes that do not hold it
 
 
 SETTINGS_FILE = "seqjax_run.json"  #: The run options recorded beside the checkpoints.

@@ -11,6 +11,9 @@ import socket
 import tempfile
 import threading
 
+import jax
+
+from seqjax.checkpoint import _processes
 from seqjax.checkpoint._errors import (
     CheckpointLockedError,
     CheckpointNotWritableError,
@@ -35,6 +38,12 @@ class CheckpointLock:
     keeps the directory locked. While a process holds it, :func:`save` in that process writes
     under it; without it, :func:`save` takes it for the duration of the write.
 
+    In a run of several processes (``jax.distributed``) the run is one writer: every process
+    creates its ``CheckpointLock`` and acquires it together (a collective), process 0 takes the
+    ``flock`` for all of them, and when it cannot (another run holds the directory, or a
+    process cannot write it) every process raises the same error. :attr:`held` is then true
+    in every process, and :meth:`release` drops the ``flock`` in process 0.
+
     Args:
         directory: the checkpoint directory; created if needed (see :func:`check_writable`).
 
@@ -58,16 +67,29 @@ class CheckpointLock:
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.path.abspath(os.fspath(directory))
         self._fd: int | None = None
+        self._run_holds = False  # several processes: the run holds it, through process 0
 
     @property
     def held(self) -> bool:
-        """Whether this object holds the lock now."""
-        return self._fd is not None
+        """Whether this object holds the lock now (with several processes: the run does)."""
+        return self._fd is not None or self._run_holds
 
     def acquire(self) -> CheckpointLock:
-        """Take the lock at once or raise :class:`CheckpointLockedError`; returns ``self``."""
-        if self._fd is not None:
+        """Take the lock at once or raise :class:`CheckpointLockedError`; returns ``self``.
+
+        With several processes, a collective: every process calls it (see the class).
+        """
+        if self.held:
             return self
+        if not _several_processes():
+            return self._acquire_here()
+        _processes.attempt(lambda: check_writable(self.directory), (OSError,))
+        _processes.on_main(self._acquire_here)  # raises in every process if it failed
+        self._run_holds = True
+        return self
+
+    def _acquire_here(self) -> CheckpointLock:
+        """The ``flock``, taken by this process."""
         check_writable(self.directory)
         key = os.path.realpath(self.directory)
         path = os.path.join(self.directory, LOCK_FILE)
@@ -126,6 +148,7 @@ class CheckpointLock:
 
     def release(self) -> None:
         """Release the lock (a no-op when not held)."""
+        self._run_holds = False
         with _held_guard:
             if self._fd is None:
                 return
@@ -141,6 +164,15 @@ class CheckpointLock:
 
     def __repr__(self) -> str:
         return f"CheckpointLock({self.directory!r}, held={self.held})"
+
+
+def _several_processes() -> bool:
+    """Whether this process is one of several; without ``jax.distributed`` it is alone, and
+    the question leaves JAX's backends unstarted (a lock may be taken before JAX is set up)."""
+    initialized = getattr(jax.distributed, "is_initialized", None)
+    if initialized is not None and not initialized():
+        return False
+    return _processes.count() > 1
 
 
 def _read_holder(fd: int) -> str:
