@@ -71,7 +71,7 @@ class CheckpointLock:
 
     @property
     def held(self) -> bool:
-        """Whether this object holds the lock now (with several processes: the run does)."""
+        """Whether this object holds the lock now (with several processes, whether the run does)."""
         return self._fd is not None or self._run_holds
 
     def acquire(self) -> CheckpointLock:
