@@ -134,7 +134,6 @@ LINEAR = ["min_gru", "min_lstm_linear", "lru"]  # every LinearRecurrence cell of
 CASES = {
     4: [
         case("min_gru"),
-        case("min_gru", reverse=True),
         case("min_lstm_linear", reverse=True),
         case("lru", reverse=True),
         case("min_lstm_log"),
