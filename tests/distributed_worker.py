@@ -7,7 +7,8 @@ joins a run of ``P`` processes on ``jax.distributed`` (coordinator on localhost)
 the streams :func:`seqjax.sharding.process_rows` gives it, trains with
 :func:`seqjax.sharding.shard_map_tbptt_scan` over every process's devices, prints from
 process 0 only, and checkpoints with :mod:`seqjax.checkpoint` (the carries, split by stream,
-are sharded across processes) under the directory's lock, which every process acquires. With
+are sharded across processes); with ``--hold-lock`` every process holds the directory's lock
+for the whole run, without it each save takes it. With
 ``--reference`` it is the plain one-device run of the same global batch
 (:func:`seqjax.tbptt_step`), the numbers the others must reproduce.
 
@@ -48,6 +49,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--every", type=int, default=2, help="checkpoint every k updates")
     parser.add_argument("--checkpoint-dir", default=None)
+    parser.add_argument("--hold-lock", action="store_true", help="CheckpointLock for the run")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--marker-at", type=int, default=None)
     parser.add_argument("--step-sleep", type=float, default=0.1)
@@ -171,7 +173,8 @@ def main(argv=None) -> int:
         batch = place((ids[:-1], ids[1:]), 1)
         bptt_params = flat(bptt(state["params"], state["opt_state"], batch)[0])
     restored_from = None
-    if args.checkpoint_dir:  # one writer for the run: every process acquires, process 0 locks
+    if args.checkpoint_dir and args.hold_lock:  # one writer for the run; without it, each
+        # save takes the lock for its write. Every process acquires, process 0 locks.
         checkpoint.CheckpointLock(args.checkpoint_dir).acquire()  # held until the process ends
     if args.checkpoint_dir and checkpoint.latest_step(args.checkpoint_dir) is not None:
         restored_from, state = checkpoint.restore(args.checkpoint_dir, state, META)

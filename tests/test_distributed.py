@@ -58,7 +58,9 @@ def run(tmp_path_factory):
     reference = start(
         1, base / "reference", "--reference", "--steps", "10", "--record-at", "4", "--bptt"
     )
-    first = finish(start(2, base / "first", "--steps", "4", "--checkpoint-dir", ck, "--bptt"))
+    first = finish(
+        start(2, base / "first", "--steps", "4", "--checkpoint-dir", ck, "--bptt", "--hold-lock")
+    )
     timings = {"first": time.monotonic() - began}
 
     # Step 4's largest data file gets a flipped byte: the next run must pass over it.
@@ -179,7 +181,8 @@ def test_a_second_run_is_refused_in_every_process(tmp_path):
     ck = tmp_path / "checkpoints"
     with checkpoint.CheckpointLock(ck):
         began = time.monotonic()
-        outcomes = finish(start(2, tmp_path / "run", "--steps", "2", "--checkpoint-dir", str(ck)))
+        run = start(2, tmp_path / "run", "--steps", "2", "--checkpoint-dir", str(ck), "--hold-lock")
+        outcomes = finish(run)
         seconds = time.monotonic() - began
     for process, (code, _, stderr) in enumerate(outcomes):
         assert code != 0, f"process {process} was not refused"

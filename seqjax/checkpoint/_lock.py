@@ -197,7 +197,9 @@ class _WriteLock:
             check_writable(self._directory)
             held._check_still_held()
         else:
-            self._own = CheckpointLock(self._directory).acquire()  # checks it too
+            # This process's flock (checked writable too): with several processes only process
+            # 0 comes here, inside save's own agreement, so acquire()'s collective is not for it.
+            self._own = CheckpointLock(self._directory)._acquire_here()
 
     def __exit__(self, *exc_info) -> None:
         if self._own is not None:
